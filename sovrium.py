@@ -109,8 +109,16 @@ class ApiError(Exception):
     code = "INTERNAL_ERROR"
     default_message = "An unexpected error occurred"
 
-    def __init__(self, message=None, errors=None, *, status=None, code=None, headers=None,
-                 reason=None):
+    def __init__(self, *args, errors=None, status=None, code=None, headers=None, reason=None):
+        # Two call forms: ApiError(status, code, message, errors=None) (OPERATIONS.md §11.3) and,
+        # for the subclasses, ValidationError(message, errors).
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            status, code, *rest = args
+            message = rest[0] if rest else None
+            errors = rest[1] if len(rest) > 1 else errors
+        else:
+            message = args[0] if args else None
+            errors = args[1] if len(args) > 1 else errors
         self.message = message or self.default_message
         super().__init__(self.message)
         if status is not None:
@@ -142,7 +150,7 @@ class ValidationError(ApiError):
     def __init__(self, message=None, errors=None, **kw):
         if errors and message is None:
             message = errors[0]["message"]
-        super().__init__(message, errors, **kw)
+        super().__init__(message, errors=errors, **kw)
 
 
 class UnauthorizedError(ApiError):
@@ -180,7 +188,7 @@ class ServiceUnavailableError(ApiError):
     default_message = "The database is busy; please retry"
 
     def __init__(self, message=None, errors=None, **kw):
-        super().__init__(message, errors, **kw)
+        super().__init__(message, errors=errors, **kw)
         self.headers.setdefault("Retry-After", "1")
 
 
@@ -251,7 +259,7 @@ def parse_bool_text(text):
     return None
 
 
-_INT_PARAM = re.compile(r"^-?[0-9]{1,16}$")
+_INT_PARAM = re.compile(r"^-?[0-9]+$")
 
 
 def query_int(params, name, lo, hi, default=None):
@@ -261,7 +269,7 @@ def query_int(params, name, lo, hi, default=None):
         return default
     if not _INT_PARAM.match(raw):
         raise field_error(name, f"Parameter '{name}' must be an integer")
-    value = int(raw)
+    value = int(raw) if len(raw) <= 20 else (hi + 1 if raw[0] != "-" else lo - 1)
     if not lo <= value <= hi:
         raise field_error(name, f"Parameter '{name}' must be between {lo} and {hi}")
     return value
@@ -1903,6 +1911,11 @@ EMAIL_TEMPLATES = ("verifyEmail", "resetPassword", "magicLink", "emailOtp", "org
 PROVIDER_PRESETS = ("google", "github", "microsoft", "gitlab")
 
 
+def _jq(x):
+    """json_quote that keeps SQL NULL as NULL (json_quote(NULL) is the text 'null')."""
+    return f"nullif(json_quote({x}), 'null')"
+
+
 def _join(path, key):
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -2096,8 +2109,24 @@ def normalize_config(doc):
             out["tables"].append(nt)
     _resolve_permission_inheritance(ck, out["tables"])
     if ck.ignored:
-        ck.warnings.insert(0, {"path": "", "message": "ignored unsupported keys: " + ", ".join(ck.ignored)})
+        order = _document_order(doc)
+        ignored = sorted(ck.ignored, key=lambda p: order.get(p, len(order)))
+        ck.warnings.insert(0, {"path": "", "message": "ignored unsupported keys: " + ", ".join(ignored)})
     return (out if not ck.errors else None), ck.errors, ck.warnings
+
+
+def _document_order(doc):
+    """{path: position} of every member of a document, in document (pre-)order."""
+    order, stack = {}, [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if path:
+            order.setdefault(path, len(order))
+        if isinstance(value, dict):
+            stack.extend(reversed([(_join(path, k), v) for k, v in value.items() if isinstance(k, str)]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(_join(path, i), v) for i, v in enumerate(value)]))
+    return order
 
 
 def _normalize_settings(ck, raw):
@@ -2109,7 +2138,9 @@ def _normalize_settings(ck, raw):
     if not ck.mapping(raw, "settings"):
         return out
     ck.keys(raw, "settings", tuple(DEFAULT_SETTINGS) + ("rateLimits",))
-    ranges = {"defaultPageSize": (1, 10000), "maxPageSize": (1, 10000), "batchLimit": (1, 10000),
+    max_page = raw.get("maxPageSize", DEFAULT_SETTINGS["maxPageSize"])
+    max_page = max_page if isinstance(max_page, int) and 1 <= max_page <= 10000 else 10000
+    ranges = {"defaultPageSize": (1, max_page), "maxPageSize": (1, 10000), "batchLimit": (1, 10000),
               "maxBodyBytes": (1024, 1073741824), "queryTimeoutMs": (100, 600000),
               "historyRetentionDays": (0, 36500), "trashRetentionDays": (0, 36500)}
     for key, (lo, hi) in ranges.items():
@@ -2117,7 +2148,7 @@ def _normalize_settings(ck, raw):
             v = ck.integer(raw[key], f"settings.{key}", lo, hi)
             if v is not None:
                 out[key] = v
-    if out["defaultPageSize"] > out["maxPageSize"]:
+    if out["defaultPageSize"] > out["maxPageSize"] and "defaultPageSize" in raw:
         ck.error("settings.defaultPageSize", f"Must be between 1 and {out['maxPageSize']}")
     if "trustedOrigins" in raw:
         out["trustedOrigins"] = _origins(ck, raw["trustedOrigins"], "settings.trustedOrigins")
@@ -3126,13 +3157,18 @@ class View:
         self.group = None        # (Field, desc)
 
     def public(self, visible_names):
-        """The view object of API.md §9 for a caller who can see `visible_names`."""
+        """The view object of API.md §9 for a caller who can see `visible_names` (clarification 18)."""
         c = self.conf
+        ok = lambda name: name in visible_names or name in PSEUDO_FIELDS
         fields = c["fields"]
         if fields is not None:
             fields = [n for n in fields if n in visible_names]
-        return {"id": c["id"], "name": c["name"], "isDefault": c["isDefault"], "filters": c["filters"],
-                "sorts": c["sorts"], "fields": fields, "groupBy": c["groupBy"]}
+        filters = c["filters"]
+        if self.filter is not None and not all(ok(leaf[1].name) for leaf in _filter_leaves(self.filter)):
+            filters = None
+        group = c["groupBy"] if c["groupBy"] is None or ok(c["groupBy"]["field"]) else None
+        return {"id": c["id"], "name": c["name"], "isDefault": c["isDefault"], "filters": filters,
+                "sorts": [x for x in c["sorts"] if ok(x["field"])], "fields": fields, "groupBy": group}
 
 
 class Table:
@@ -3201,9 +3237,14 @@ class Schema:
         if key in field._sql_cache:
             return field._sql_cache[key]
         if field in self._stack:
-            chain = self._stack[self._stack.index(field):] + [field]
-            raise _FieldProblem(field, "Circular computed field reference: " +
+            cycle = self._stack[self._stack.index(field):]
+            first = min(cycle, key=self.position)
+            k = cycle.index(first)
+            chain = cycle[k:] + cycle[:k] + [first]
+            exc = _FieldProblem(first, "Circular computed field reference: " +
                                 " -> ".join(f"{f.table.name}.{f.name}" for f in chain), at_field=True)
+            exc.members = cycle
+            raise exc
         self._stack.append(field)
         try:
             sql = getattr(self, "_sql_" + field.type.replace("-", "_"))(field, a, form)
@@ -3213,6 +3254,11 @@ class Schema:
             raise _FieldProblem(field, "Formula is too complex", at_field=True)
         field._sql_cache[key] = sql
         return sql
+
+    def position(self, field):
+        """(table index, field index): configuration order, for reporting."""
+        t = self.tables.index(field.table)
+        return t, field.table.fields.index(field)
 
     def _related_from(self, rel, a, b):
         """FROM/WHERE selecting the live records linked through relationship `rel` of record `a`."""
@@ -3276,7 +3322,7 @@ class Schema:
             return sql
         if field.result == "number":
             return f"CAST({sql} AS INTEGER)" if field.integer_valued else f"sov_num_text({sql})"
-        return f"json_quote({sql})"
+        return _jq(sql)
 
     def _sql_formula(self, field, a, form):
         deps = []
@@ -3288,11 +3334,12 @@ class Schema:
                     p = field.table.pseudo[name]
                     return ("number" if name == "id" else "datetime"), p.value_sql(a)
                 raise FormulaError("Unknown field '%s'" % name, None, f"Unknown field '{name}'")
+            sql = f.value_sql(a)   # first, so a cycle is reported as one
             ftype = formula_type(f)
             if ftype is None:
                 raise FormulaError("cannot be used", None, f"Field '{name}' cannot be used in a formula")
             deps.append(f)
-            return ftype, f.value_sql(a)
+            return ftype, sql
 
         try:
             node = parse_formula(field.conf["formula"])
@@ -3310,7 +3357,7 @@ class Schema:
             return sql
         if rtype == "boolean":
             return f"(CASE WHEN ({sql}) IS NULL THEN NULL WHEN ({sql}) THEN 'true' ELSE 'false' END)"
-        return f"json_quote({sql})"
+        return _jq(sql)
 
 
 class _FieldProblem(Exception):
@@ -3443,6 +3490,8 @@ def _report_field_problem(ck, exc):
     f = exc.field
     if getattr(f, "_reported", False):
         return
+    for member in getattr(exc, "members", ()):
+        member._reported = True
     f._reported = True
     path = f.path if exc.at_field or not exc.option else f"{f.path}.{exc.option}"
     ck.error(path, exc.message)
@@ -3887,7 +3936,8 @@ def compile_config(doc, env=None, registry=None, resolved=None):
     _analyze_schema(schema, ck)
     if not ck.errors:
         _prepare_selects(schema, ck)
-    return (None if ck.errors else schema), ck.errors, warnings + ck.warnings
+    warnings = [{**w, "dataLoss": w.get("dataLoss", False)} for w in warnings + ck.warnings]
+    return (None if ck.errors else schema), ck.errors, warnings
 
 
 def validate_config(config, env=None):
@@ -4378,7 +4428,7 @@ def conversion_sql(old_type, old_conf, f, v, raw):
         elif new == "phone-number":
             base = (f"(CASE WHEN length({base}) BETWEEN 3 AND 32 AND {base} NOT GLOB '*[^0-9 ().+-]*' "
                     f"THEN {base} END)")
-        return f"json_quote({base})" if base != "NULL" else "NULL"
+        return _jq(base) if base != "NULL" else "NULL"
     if nc == "number":
         if oc == "number":
             base = v
@@ -4400,10 +4450,10 @@ def conversion_sql(old_type, old_conf, f, v, raw):
         return "NULL" if oc != "bool" else None
     if nc == "choice":
         if oc in ("text", "choice"):
-            return f"(CASE WHEN {v} IN {_opts_sql(opts)} THEN json_quote({v}) END)"
+            return f"(CASE WHEN {v} IN {_opts_sql(opts)} THEN {_jq(v)} END)"
         if oc == "multi":
             return (f"(CASE WHEN json_array_length({raw}) = 1 AND ({raw} ->> '$[0]') IN {_opts_sql(opts)} "
-                    f"THEN json_quote({raw} ->> '$[0]') END)")
+                    f"THEN {_jq(raw + ' ->> ' + sql_str('$[0]'))} END)")
         return "NULL"
     if nc == "multi":
         ranked = " UNION ALL ".join(f"SELECT {sql_str(o)} AS x, {i} AS k" for i, o in enumerate(opts))
@@ -4430,19 +4480,19 @@ def conversion_sql(old_type, old_conf, f, v, raw):
         if oc == "date":
             return None
         if oc == "datetime":
-            return f"json_quote(sov_local_date({v}, {sql_str((old_conf or {}).get('timeZone') or 'UTC')}))"
-        return f"json_quote(sov_parse_date({v}))" if oc == "text" else "NULL"
+            return _jq(f"sov_local_date({v}, {sql_str((old_conf or {}).get('timeZone') or 'UTC')})")
+        return _jq(f"sov_parse_date({v})") if oc == "text" else "NULL"
     if nc == "datetime":
         tz = sql_str(f.conf["timeZone"])
         if oc == "datetime":
             return None
         if oc in ("date", "text"):
-            return f"json_quote(sov_parse_datetime({v}, {tz}))"
+            return _jq(f"sov_parse_datetime({v}, {tz})")
         return "NULL"
     if nc == "time":
         if oc == "time":
             return None
-        return f"json_quote(sov_parse_time({v}))" if oc == "text" else "NULL"
+        return _jq(f"sov_parse_time({v})") if oc == "text" else "NULL"
     if nc in ("m2o", "user"):
         if oc == nc:
             return None
@@ -4563,7 +4613,7 @@ def _plan_field(plan, conn, t, f, of, reg, count):
             conv = conversion_sql(f.type, None, f, v, raw) if f.type != "multi-select" else \
                 conversion_sql("multi-select", None, f, v, raw)
             if f.type != "multi-select":
-                conv = f"(CASE WHEN {v} IN {_opts_sql(kept)} THEN json_quote({v}) END)"
+                conv = f"(CASE WHEN {v} IN {_opts_sql(kept)} THEN {_jq(v)} END)"
             plan.updates.append((tid, key, conv, where))
     if old_conf:
         _plan_tightened(plan, t, f, old_conf, count, v, where)
@@ -4616,6 +4666,38 @@ def _plan_unique(plan, conn, t, ot, count):
                                                          "it cannot be made unique"})
 
 
+def _migrate_values(conn, plan):
+    """Rewrite stored values: one UPDATE per table, so each record gets at most one history entry."""
+    per_table = {}
+    for tid, key, conv, where in plan.updates:
+        per_table.setdefault(tid, ([], []))[0].append((key, conv))
+    for tid, f in plan.autonumbers:
+        per_table.setdefault(tid, ([], []))[1].append(f)
+    for tid, (convs, numbers) in per_table.items():
+        expr, conds = "data", []
+        for key, conv in convs:
+            present = f"json_type(data, '$.{key}') IS NOT NULL"
+            if conv is None:
+                expr = f"json_remove({expr}, '$.{key}')"
+                conds.append(present)
+            else:
+                expr = (f"CASE WHEN ({conv}) IS NULL THEN json_remove({expr}, '$.{key}') "
+                        f"ELSE json_set({expr}, '$.{key}', json({conv})) END")
+                conds.append(f"({present} AND ({conv}) IS NOT (data -> '$.{key}'))")
+        if numbers:
+            for f in numbers:
+                expr = f"json_set({expr}, '$.{f.key}', {f.conf['startFrom']} - 1 + n.num)"
+            conn.execute(f"UPDATE records SET data = {expr} FROM (SELECT id, row_number() OVER (ORDER BY id) "
+                         f"AS num FROM records WHERE table_id = {tid}) AS n WHERE records.id = n.id")
+            for f in numbers:
+                last = conn.execute(f"SELECT max(json_extract(data, '$.{f.key}')) FROM records "
+                                    f"WHERE table_id = {tid}").fetchall()[0][0]
+                conn.execute("INSERT OR REPLACE INTO sequences (table_id, field_id, last_value) VALUES (?, ?, ?)",
+                             (tid, f.id, last if last is not None else f.conf["startFrom"] - 1))
+        else:
+            conn.execute(f"UPDATE records SET data = {expr} WHERE table_id = {tid} AND ({' OR '.join(conds)})")
+
+
 def apply_config(txn, old, new, registry, plan, snapshot, checksum, source, actor_id=None,
                  message=None, restored_from=None):
     """Apply a planned configuration in the open write transaction; returns the version number."""
@@ -4636,22 +4718,7 @@ def apply_config(txn, old, new, registry, plan, snapshot, checksum, source, acto
     new_pairs = {(t.id, f.key) for t in new.tables for f in t.fields if f.linked}
     for pair in new_pairs:
         conn.execute("INSERT INTO link_fields (table_id, field_key) VALUES (?, ?)", pair)
-    for tid, key, conv, where in plan.updates:
-        if conv is None:
-            conn.execute(f"UPDATE records SET data = json_remove(data, '$.{key}') WHERE {where}")
-        else:
-            conn.execute(f"UPDATE records SET data = CASE WHEN ({conv}) IS NULL THEN json_remove(data, '$.{key}') "
-                         f"ELSE json_set(data, '$.{key}', json({conv})) END WHERE {where} "
-                         f"AND ({conv}) IS NOT (data -> '$.{key}')")
-    for tid, f in plan.autonumbers:
-        start = f.conf["startFrom"]
-        conn.execute(f"UPDATE records SET data = json_set(data, '$.{f.key}', n.num) FROM (SELECT id, "
-                     f"{start} - 1 + row_number() OVER (ORDER BY id) AS num FROM records WHERE table_id = {tid}) n "
-                     f"WHERE records.id = n.id")
-        last = conn.execute(f"SELECT max(json_extract(data, '$.{f.key}')) FROM records WHERE table_id = {tid}"
-                            ).fetchall()[0][0]
-        conn.execute("INSERT OR REPLACE INTO sequences (table_id, field_id, last_value) VALUES (?, ?, ?)",
-                     (tid, f.id, last or start - 1))
+    _migrate_values(conn, plan)
     for pair in old_pairs - new_pairs:
         conn.execute("DELETE FROM links WHERE table_id = ? AND field_key = ?", pair)
     for tid, key in new_pairs - old_pairs:
@@ -5702,6 +5769,58 @@ def records_delete(ctx, table_ref, record_id, params=None):
         delete_records(ctx, txn, table, [rid], permanent)
 
 
+# -- history (API.md §7) --------------------------------------------------------------------------
+
+HISTORY_SQL = ("SELECT id, action, before, after, actor_id, created_at FROM revisions WHERE record_id = ? "
+               "ORDER BY id DESC LIMIT ? OFFSET ?")
+
+
+def history_entry(table, readable, rid, action, before, after, actor, created_at):
+    """One history entry with before/after rebuilt and stripped to the caller's fields."""
+    after_data = json.loads(after) if after is not None else None
+    delta = json.loads(before) if before is not None else None
+    if action == "create":
+        before_data = None
+    elif action == "purge":
+        before_data = delta
+    else:
+        before_data = dict(after_data)
+        for k, v in delta.items():
+            if v is None:
+                before_data.pop(k, None)
+            else:
+                before_data[k] = v
+    fields = [f for f in table.data_fields if f.stored and f.name in readable]
+    view = lambda data: None if data is None else {f.name: data.get(f.key) for f in fields}
+    b, a = view(before_data), view(after_data)
+    changes = {}
+    for f in fields:
+        old = (b or {}).get(f.name)
+        new = (a or {}).get(f.name)
+        if old != new or type(old) is not type(new):
+            changes[f.name] = {"from": old, "to": new}
+    return {"id": rid, "action": action, "changes": changes, "before": b, "after": a, "userId": actor,
+            "createdAt": created_at}
+
+
+def records_history(ctx, table_ref, record_id, params=None):
+    """GET a record's history, newest first (API.md §7)."""
+    params = params or {}
+    actor = ctx.actor
+    table = require_table(actor, ctx.schema, table_ref)
+    rid = _path_id(record_id)
+    limit, offset = paginate_params(params, 50, ctx.settings["maxPageSize"])
+    readable = readable_names(actor, table)
+    with ctx.read() as conn:
+        _, meta = _load_stored(conn, ctx, table, rid, deleted=None)
+        if meta["deleted_at"] is not None and not can(actor, table, "delete"):
+            raise NotFoundError()
+        rows = conn.execute(HISTORY_SQL, (rid, limit, offset)).fetchall()
+        total = conn.execute("SELECT count(*) FROM revisions WHERE record_id = ?", (rid,)).fetchall()[0][0]
+    entries = [history_entry(table, readable, *row) for row in rows]
+    return {"history": entries, "pagination": pagination(limit, offset, len(entries), total)}
+
+
 def tables_list(ctx):
     """GET /api/tables (API.md §3.1)."""
     return {"tables": [{"id": t.id, "name": t.name, "description": t.conf["description"],
@@ -5760,18 +5879,22 @@ def database_path(env, db_option=None):
     return "sovrium.db"
 
 
+JSON_LOG_KEYS = {"id": "requestId", "user": "userId"}
+
+
 def format_log(event, level, fields, json_mode=False):
     """One log line of OPERATIONS.md §6 (text or JSON)."""
     ts = format_ts(utcnow())
     if json_mode:
-        return dumps({"ts": ts, "level": level.lower(), "event": event, **fields})
+        renamed = {JSON_LOG_KEYS.get(k, k): v for k, v in fields.items()}
+        return dumps({"ts": ts, "level": level.lower(), "event": event, **renamed})
     parts = [ts, level.upper(), event]
     for k, v in fields.items():
         if v is None:
             text = "-"
         else:
             text = v if isinstance(v, str) else dumps(v) if not isinstance(v, float) else f"{v:.1f}"
-            if text == "" or any(c in text for c in ' "=') or "\n" in text:
+            if text == "" or any(c in text for c in '"=') or any(c.isspace() for c in text):
                 text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{k}={text}")
     return " ".join(parts)
@@ -6054,6 +6177,10 @@ class TableHandle:
         """One page of records: the list envelope of API.md §4.7."""
         return records_list(self._ctx(), self.ref, _list_params(**kw)).value()
 
+    def history(self, record_id, limit=50, offset=0):
+        """GET a record's history."""
+        return records_history(self._ctx(), self.ref, record_id, {"limit": str(limit), "offset": str(offset)})
+
     def count(self, filter=None, filter_by_formula=None, search=None):
         """The number of matching records."""
         page = self.list(filter=filter, filter_by_formula=filter_by_formula, search=search, limit=1)
@@ -6185,7 +6312,7 @@ def route_records_list(req, t):
 def route_records_create(req, t):
     ctx = req.ctx()
     table = require_table(ctx.actor, ctx.schema, t, "create")
-    record = records_create(ctx, table, req.json_object())
+    record = records_create(ctx, table, req.json_object(required=False))
     location = f"{req.environ.get('SCRIPT_NAME', '')}/api/tables/{table.id}/records/{record['id']}"
     return Response(201, record, [("Location", location)])
 
@@ -6195,7 +6322,11 @@ def route_records_get(req, t, rid):
 
 
 def route_records_update(req, t, rid):
-    return Response(200, records_update(req.ctx(), t, rid, req.json_object()))
+    return Response(200, records_update(req.ctx(), t, rid, req.json_object(required=False)))
+
+
+def route_records_history(req, t, rid):
+    return Response(200, records_history(req.ctx(), t, rid, req.query))
 
 
 def route_records_delete(req, t, rid):
@@ -6209,6 +6340,7 @@ RECORD_ROUTES = [
     ("GET", "/api/tables/<t>/records/<rid>", route_records_get),
     ("PATCH", "/api/tables/<t>/records/<rid>", route_records_update),
     ("DELETE", "/api/tables/<t>/records/<rid>", route_records_delete),
+    ("GET", "/api/tables/<t>/records/<rid>/history", route_records_history),
 ]
 TABLE_ROUTES = [
     ("GET", "/api/health", route_health),
@@ -6434,6 +6566,24 @@ def runtime_options(env, host=None, port=None, threads=None, log_level=None):
     return out
 
 
+def password_limits(auth):
+    """(min, max) password length of the emailAndPassword strategy (default 8..128)."""
+    for s in (auth or {}).get("strategies", []):
+        if s["type"] == "emailAndPassword":
+            return s["minPasswordLength"], s["maxPasswordLength"]
+    return 8, 128
+
+
+def check_admin_variables(env, auth):
+    """Startup step 2: AUTH_ADMIN_EMAIL / AUTH_ADMIN_PASSWORD must be usable (exit 2 otherwise)."""
+    email = env["AUTH_ADMIN_EMAIL"].strip().lower()
+    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
+        raise UsageError("AUTH_ADMIN_EMAIL must be a valid e-mail address")
+    lo, hi = password_limits(auth)
+    if not lo <= len(env["AUTH_ADMIN_PASSWORD"]) <= hi:
+        raise UsageError(f"AUTH_ADMIN_PASSWORD must be between {lo} and {hi} characters")
+
+
 class Server:
     """waitress serving one App, with the graceful shutdown of OPERATIONS.md §5."""
 
@@ -6522,6 +6672,10 @@ def _build_parser():
     s.add_argument("--threads")
     s.add_argument("--log-level")
     s.add_argument("--allow-data-loss", action="store_true")
+    b = sub.add_parser("backup", help="copy the database safely, even while a server runs")
+    b.add_argument("dest")
+    b.add_argument("--db")
+    b.add_argument("--force", action="store_true")
     v = sub.add_parser("validate", help="validate a configuration file")
     v.add_argument("config")
     v.add_argument("--json", action="store_true")
@@ -6548,10 +6702,12 @@ def main(argv=None):
             print(f"sovrium {__version__}")
             return 0
         if args.command is None:
-            raise UsageError("missing command (start, validate)")
+            raise UsageError("missing command (start, validate, backup)")
         schema_sql_text()
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command == "backup":
+            return cmd_backup(args)
         return cmd_start(args)
     except UsageError as exc:
         _err(parser.format_usage().rstrip())
@@ -6597,8 +6753,47 @@ def cmd_validate(args):
     return _report_validation(args, schema, errors, warnings, data_loss and not args.allow_data_loss)
 
 
+def cmd_backup(args):
+    """`sovrium backup DEST`: online backup API, quick_check, single-file copy (OPERATIONS.md §8)."""
+    src = database_path(os.environ, args.db)
+    if src == ":memory:" or not os.path.exists(src):
+        raise StartupError(f"database not found: {src}")
+    dest = os.path.abspath(args.dest)
+    if os.path.exists(dest) and not args.force:
+        raise StartupError(f"destination exists: {dest} (use --force to replace it)", 1)
+    directory = os.path.dirname(dest)
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise StartupError(f"cannot write {dest}: directory is missing or not writable")
+    Database(src, utcnow, create=False).close()   # refuses files that are not Sovrium databases
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        source = apsw.Connection(src, flags=apsw.SQLITE_OPEN_READONLY)
+        source.setbusytimeout(5000)
+        target = apsw.Connection(tmp)
+        with target.backup("main", source, "main") as backup:
+            while not backup.done:
+                backup.step(1024)
+        ok = target.execute("PRAGMA quick_check").fetchall()[0][0]
+        if ok != "ok":
+            raise StartupError(f"the copy failed its integrity check: {ok}")
+        target.execute("PRAGMA journal_mode = DELETE")
+        version = target.execute("PRAGMA user_version").fetchall()[0][0]
+        target.close()
+        source.close()
+        os.replace(tmp, dest)
+    except apsw.Error as exc:
+        raise StartupError(f"backup failed: {exc}") from None
+    finally:
+        for path in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    size = os.path.getsize(dest) / 1e6
+    _err(f"backup written: {args.dest} ({size:.1f} MB, schema version {version})")
+    return 0
+
+
 def _report_validation(args, schema, errors, warnings, data_loss_refused):
-    valid = not errors
+    valid = not errors and not data_loss_refused
     if args.json:
         print(json.dumps({"valid": valid, "errors": errors, "warnings": warnings}, ensure_ascii=False, indent=2))
     else:
@@ -6607,10 +6802,10 @@ def _report_validation(args, schema, errors, warnings, data_loss_refused):
         for e in errors:
             _err(_problem_line("error", e))
         if data_loss_refused:
-            _err("error: the configuration would clear stored values (see warnings); rerun with --allow-data-loss")
-        if valid and not data_loss_refused:
-            print(f"ok: {schema.name} — {len(schema.tables)} tables")
-    return 0 if valid and not data_loss_refused else 1
+            _err(f"error: {DATA_LOSS_MESSAGE}")
+        if valid:
+            _err(f"ok: {schema.name} — {len(schema.tables)} tables")
+    return 0 if valid else 1
 
 
 def _setup_logging(level):
@@ -6632,8 +6827,11 @@ def cmd_start(args):
     checked, errors, warnings = compile_config(raw, env)
     if errors:
         raise ConfigError(errors, warnings)
-    if env.get("AUTH_ADMIN_EMAIL") and env.get("AUTH_ADMIN_PASSWORD") and checked.auth is None:
-        _err("warning: AUTH_ADMIN_EMAIL and AUTH_ADMIN_PASSWORD are set but auth is not configured; ignored")
+    if env.get("AUTH_ADMIN_EMAIL") and env.get("AUTH_ADMIN_PASSWORD"):
+        if checked.auth is None:
+            _err("warning: AUTH_ADMIN_EMAIL and AUTH_ADMIN_PASSWORD are set but auth is not configured; ignored")
+        else:
+            check_admin_variables(env, checked.auth)
     holder = {}
     server = Server(lambda environ, start_response: holder["app"].wsgi(environ, start_response),
                     opts["host"], opts["port"], opts["threads"], checked.settings["maxBodyBytes"])

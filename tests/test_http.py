@@ -175,16 +175,7 @@ ERROR_CASES = [
          allow={"GET", "HEAD", "POST", "OPTIONS"}),
     case("405-put-record", "PUT", RECS + "/{task}", M405, body='{"title": "x"}',
          allow={"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}, setup={"seed"}),
-    case("405-get-batch", "GET", RECS + "/batch", M405,
-         allow={"POST", "PATCH", "DELETE", "OPTIONS"}),
-    case("405-patch-batch-restore", "PATCH", RECS + "/batch/restore", M405, body="{}",
-         allow={"POST", "OPTIONS"}),
-    case("405-get-upsert", "GET", RECS + "/upsert", M405, allow={"POST", "OPTIONS"}),
-    case("405-get-restore", "GET", RECS + "/{task}/restore", M405, allow={"POST", "OPTIONS"},
-         setup={"seed"}),
     case("405-post-permissions", "POST", "/api/tables/tasks/permissions", M405, body="{}",
-         allow={"GET", "HEAD", "OPTIONS"}),
-    case("405-delete-activity", "DELETE", "/api/activity", M405,
          allow={"GET", "HEAD", "OPTIONS"}),
     # -- malformed JSON (§1.2) ------------------------------------------------------------
     case("json-truncated", "POST", RECS, BAD_JSON, body='{"title": "x"'),
@@ -202,7 +193,6 @@ ERROR_CASES = [
     case("json-nesting-65", "POST", RECS, BAD_JSON, body=nested(65)),
     case("json-invalid-utf8", "POST", RECS, BAD_JSON, body=b'{"title": "\xff\xfe"}'),
     case("json-malformed-patch", "PATCH", RECS + "/{task}", BAD_JSON, body="{", setup={"seed"}),
-    case("json-malformed-batch", "POST", RECS + "/batch", BAD_JSON, body="[{"),
     # nesting 64 is still JSON: it fails later, on the record's own rules (boundary of §1.2)
     case("json-nesting-64-is-json", "POST", RECS,
          (400, "VALIDATION_ERROR", VALFAIL,
@@ -219,8 +209,6 @@ ERROR_CASES = [
          ctype="application/x-www-form-urlencoded"),
     case("ctype-multipart", "PATCH", RECS + "/{task}", BAD_CTYPE, body='{"title": "x"}',
          ctype="multipart/form-data; boundary=xyz", setup={"seed"}),
-    case("body-missing-batch", "POST", RECS + "/batch", NO_BODY, body=b""),
-    case("body-missing-upsert", "POST", RECS + "/upsert", NO_BODY, body=b""),
     # -- body size (§1.2, §1.12 step 2: before table lookup, content type and parsing) -----
     case("413-declared", "POST", RECS, TOO_LARGE, body=BIG, setup={"small"}),
     case("413-declared-1025", "POST", RECS, TOO_LARGE,
@@ -233,9 +221,6 @@ ERROR_CASES = [
     case("413-declared-stream", "POST", RECS, TOO_LARGE, body=BIG, setup={"small", "declared"}),
     case("413-chunked-stream", "POST", RECS, TOO_LARGE, body=BIG * 50,
          setup={"small", "chunked"}),
-    case("413-batch-items", "POST", RECS + "/batch",
-         (413, "PAYLOAD_TOO_LARGE", "Batch size exceeds maximum of 2 records"),
-         body='{"records": [{"title": "a"}, {"title": "b"}, {"title": "c"}]}', setup={"small"}),
     # -- invalid integer ids in paths (§1.14) → like a missing resource ------------------
     case("id-leading-zero", "GET", RECS + "/0{task}", NF_RES, setup={"seed"}),
     case("id-plus-sign", "GET", RECS + "/+{task}", NF_RES, setup={"seed"}),
@@ -263,8 +248,6 @@ ERROR_CASES = [
     case("table-unknown-create", "POST", "/api/tables/nosuch/records", NF_RES,
          body='{"title": "x"}'),
     case("table-name-case", "GET", "/api/tables/Tasks", NF_RES),
-    case("view-unknown", "GET", "/api/tables/tasks/views/nope", NF_RES),
-    case("activity-non-integer", "GET", "/api/activity/007", NF_RES),
     # -- query parameters (§1.3, §1.9, §17.21) ------------------------------------------
     case("q-limit-zero", "GET", RECS + "?limit=0",
          qerr("limit", "Parameter 'limit' must be between 1 and 1000")),
@@ -300,18 +283,14 @@ ERROR_CASES = [
          qerr("page", "Use either page or offset, not both")),
     case("q-include-deleted-bad", "GET", RECS + "?includeDeleted=yes",
          qerr("includeDeleted", "Parameter 'includeDeleted' must be a boolean")),
+    case("q-history-limit", "GET", RECS + "/{task}/history?limit=abc",
+         qerr("limit", "Parameter 'limit' must be an integer"), setup={"seed"}),
     case("q-skip-total-bad", "GET", RECS + "?skipTotal=2",
          qerr("skipTotal", "Parameter 'skipTotal' must be a boolean")),
     case("q-get-include-deleted-bad", "GET", RECS + "/{task}?includeDeleted=on",
          qerr("includeDeleted", "Parameter 'includeDeleted' must be a boolean"), setup={"seed"}),
     case("q-delete-permanent-bad", "DELETE", RECS + "/{task}?permanent=sure",
          qerr("permanent", "Parameter 'permanent' must be a boolean"), setup={"seed"}),
-    case("q-trash-limit", "GET", "/api/tables/tasks/trash?limit=0",
-         qerr("limit", "Parameter 'limit' must be between 1 and 1000")),
-    case("q-activity-offset", "GET", "/api/activity?offset=-1",
-         qerr("offset", "Parameter 'offset' must be between 0 and 9007199254740991")),
-    case("q-history-limit", "GET", RECS + "/{task}/history?limit=abc",
-         qerr("limit", "Parameter 'limit' must be an integer"), setup={"seed"}),
     # -- a few endpoint-level sources, for the envelope ----------------------------------
     case("record-unknown-field", "POST", RECS,
          (400, "VALIDATION_ERROR", VALFAIL, [{"field": "nope", "message": "Unknown field 'nope'"}]),
@@ -471,7 +450,6 @@ def test_request_id_regenerated_when_invalid(client, sent):
     ("/api/tables/tasks/permissions", 200),
     ("/api/nope", 404),
     ("/api/tables/nosuch", 404),
-    ("/api/tables/tasks/records/batch", 405),
 ])
 def test_head_like_get_without_body(client, url, status):
     get = client.get(url, expect_errors=True)

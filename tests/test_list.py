@@ -48,6 +48,7 @@ LIST_CONFIG = {
             {"id": 15, "name": "label", "type": "formula", "formula": "IF({flag}, 'on', 'off')"},
             {"id": 16, "name": "circles", "type": "relationship", "relatedTable": "groups",
              "relationType": "many-to-many"},
+            {"id": 17, "name": "clock", "type": "time"},
         ]},
     ],
 }
@@ -67,10 +68,11 @@ def seed(client):
         "A": {"name": "apple", "kind": "low", "qty": 5, "price": 1.5, "day": "2026-03-01",
               "at": "2026-03-01T10:00:00Z", "flag": True, "tags": ["alpha", "beta"], "group": ids["G1"],
               "blob": {"k": 1}, "mail": "a@x.com", "notes": "Hello World",
-              "circles": [ids["G1"], ids["G2"]]},
+              "circles": [ids["G1"], ids["G2"]], "clock": "09:30"},
         "B": {"name": "Banana", "kind": "high", "qty": 10, "price": 2, "day": "2026-03-05",
               "at": "2026-03-01T23:59:59.999Z", "flag": False, "tags": ["beta"], "group": ids["G2"],
-              "blob": [], "mail": "b@x.com", "notes": "hello there", "circles": [ids["G2"]]},
+              "blob": [], "mail": "b@x.com", "notes": "hello there", "circles": [ids["G2"]],
+              "clock": "18:00:00"},
         "C": {"name": "cherry", "kind": "mid", "qty": -3, "price": 0.5, "day": "2026-02-28",
               "at": "2026-03-02T00:00:00Z", "flag": True, "tags": ["gamma", "alpha"], "group": ids["G1"]},
         "D": {"name": "date"},
@@ -161,12 +163,12 @@ def test_record_values_in_list(data):
         "name": "apple", "kind": "low", "qty": 5, "price": 1.5, "day": "2026-03-01",
         "at": "2026-03-01T10:00:00.000Z", "flag": True, "tags": ["alpha", "beta"], "group": ids["G1"],
         "blob": {"k": 1}, "mail": "a@x.com", "notes": "Hello World", "group_title": "Group One",
-        "doubled": 10, "label": "on", "circles": sorted([ids["G1"], ids["G2"]])}
+        "doubled": 10, "label": "on", "circles": sorted([ids["G1"], ids["G2"]]), "clock": "09:30:00"}
     assert records[2]["fields"]["tags"] == ["alpha", "gamma"]
     assert records[3]["fields"] == {
         "name": "date", "kind": None, "qty": None, "price": None, "day": None, "at": None,
         "flag": False, "tags": None, "group": None, "blob": None, "mail": None, "notes": None,
-        "group_title": None, "doubled": None, "label": "off", "circles": None}
+        "group_title": None, "doubled": None, "label": "off", "circles": None, "clock": None}
 
 
 PAGES = [
@@ -259,6 +261,7 @@ PARAM_ERRORS = [
     ("offset=-1", "offset", "Parameter 'offset' must be between 0 and 9007199254740991"),
     ("offset=9007199254740992", "offset", "Parameter 'offset' must be between 0 and 9007199254740991"),
     ("offset=x", "offset", "Parameter 'offset' must be an integer"),
+    ("offset=12345678901234567", "offset", "Parameter 'offset' must be between 0 and 9007199254740991"),
     ("page=0", "page", "Parameter 'page' must be between 1 and 900719925474100"),
     ("page=-2", "page", "Parameter 'page' must be between 1 and 900719925474100"),
     ("page=900719925474101", "page", "Parameter 'page' must be between 1 and 900719925474100"),
@@ -379,6 +382,14 @@ OPS = [
     ("datetime-gt-instant", leaf("at", "greaterThan", "2026-03-01T10:00:00.000Z"), [B, C]),
     ("datetime-in", leaf("at", "in", ["2026-03-02T00:00:00Z"]), [C]),
     ("datetime-isNotNull", leaf("at", "isNotNull"), [A, B, C]),
+    ("time-equals", leaf("clock", "equals", "09:30:00"), [A]),
+    ("time-equals-short", leaf("clock", "equals", "09:30"), [A]),
+    ("time-gt", leaf("clock", "greaterThan", "10:00"), [B]),
+    ("time-lte", leaf("clock", "lessThanOrEqual", "18:00"), [A, B]),
+    ("time-notEquals", leaf("clock", "notEquals", "09:30"), [B, C, D, E]),
+    ("time-isNull", leaf("clock", "isNull"), [C, D, E]),
+    ("pseudo-createdBy-isNull", leaf("createdBy", "isNull"), ALL),
+    ("in-500-elements", leaf("qty", "in", list(range(-250, 250))), [A, B, C, E]),
     ("pseudo-createdAt-gte", leaf("createdAt", "greaterThanOrEqual", "2000-01-01"), ALL),
     ("pseudo-updatedAt-lt", leaf("updatedAt", "lessThan", "2000-01-01T00:00:00Z"), []),
     # Boolean
@@ -475,7 +486,7 @@ INVALID_VALUES = [
     ("qty", "equals", [5]), ("qty", "in", 5), ("qty", "in", [1, "x"]), ("qty", "in", list(range(501))),
     ("qty", "greaterThan", None),
     ("day", "equals", "2026-03-01T00:00:00Z"), ("day", "equals", "2026-02-30"), ("day", "equals", 20260301),
-    ("at", "equals", "yesterday"), ("at", "greaterThan", "2026-03-01 10:00"),
+    ("at", "equals", "yesterday"), ("clock", "equals", "9:30"), ("clock", "equals", "2026-03-01"), ("at", "greaterThan", "2026-03-01 10:00"),
     ("createdAt", "equals", "x"),
     ("flag", "equals", None), ("flag", "equals", "true"), ("flag", "notEquals", 1),
     ("group", "equals", "x"), ("group", "in", ["x"]),
@@ -720,6 +731,9 @@ SORTS = [
     ("-group_title,name", [B, A, C, E, D]),
     ("createdAt", ALL),
     ("mail", [C, D, E, A, B]),
+    ("-clock", [B, A, C, D, E]),
+    ("", ALL),
+    ("createdBy,name", [E, A, B, C, D]),
 ]
 
 
@@ -788,8 +802,8 @@ def test_fields_parameter(data):
     assert body["records"][0]["id"] == ids["A"]
 
 
-@pytest.mark.parametrize("value,bad", [("nope", "nope"), ("name,nope", "nope"), ("deletedAt", "deletedAt")],
-                         ids=["unknown", "one-unknown", "deletedAt"])
+@pytest.mark.parametrize("value,bad", [("nope", "nope"), ("name,nope", "nope"), ("Name", "Name")],
+                         ids=["unknown", "one-unknown", "case-sensitive"])
 def test_fields_parameter_errors(data, value, bad):
     client, _ = data
     assert_400(lst(client, status=400, fields=value), "fields", f"Unknown field '{bad}'")
@@ -943,3 +957,29 @@ def test_basic_formula_count_and_rollup(client):
     client.delete(f"/api/tables/tasks/records/{t3['id']}")
     proj = client.get(f"/api/tables/projects/records/{p}").json["fields"]
     assert (proj["tasks"], proj["task_count"], proj["open_estimate"]) == ([t1["id"], t2["id"]], 2, 2.5)
+
+
+def test_trailing_slash_ignored(data):
+    client, _ = data
+    assert names(client.get("/api/tables/items/records/").json) == ALL
+
+
+def test_search_and_text_collation_fold_ascii_only(fresh):
+    client, _ = fresh
+    for n in ("\u00c9lan", "zebra", "Zulu"):
+        client.post_json("/api/tables/items/records", {"name": n})
+    assert names(lst(client, search="\u00e9LAN").json) == []
+    assert names(lst(client, search="\u00c9LAN").json) == ["\u00c9lan"]
+    body = lst(client, sort="-name", limit="3").json
+    assert names(body) == ["\u00c9lan", "Zulu", "zebra"]
+    body = lst(client, filter=json.dumps(leaf("name", "greaterThan", "ZZZ"))).json
+    assert names(body) == ["\u00c9lan"]
+
+
+def test_lookup_through_many_to_one_ignores_trashed_target(fresh):
+    client, ids = fresh
+    assert client.delete(f"/api/tables/groups/records/{ids['G2']}").status_int == 204
+    rec = client.get(f"/api/tables/items/records/{ids['B']}").json
+    assert rec["fields"]["group"] == ids["G2"]  # the stored link is kept
+    assert rec["fields"]["group_title"] is None
+    assert names(lst(client, filter=json.dumps(leaf("group_title", "isNull"))).json) == [B, D, E]

@@ -129,21 +129,24 @@ class Server:
 
     counter = 0
 
-    def __init__(self, tmp_path, config, db, port=None, args=(), env=None):
+    def __init__(self, tmp_path, config, db, port=None, args=(), env=None, connect_host="127.0.0.1"):
         Server.counter += 1
         self.port = port or free_port()
         self.db = Path(db)
+        self.connect_host = connect_host
         self.err_path = tmp_path / f"server-{Server.counter}.stderr"
         self.err_file = open(self.err_path, "w")
+        self.out_path = tmp_path / f"server-{Server.counter}.stdout"
+        self.out_file = open(self.out_path, "w")
         cmd = [sys.executable, "-m", "sovrium", "start", str(config), "--port", str(self.port),
                "--db", str(db), *map(str, args)]
         self.proc = subprocess.Popen(cmd, env=child_env(env), cwd=str(tmp_path),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, stdout=self.out_file,
                                      stderr=self.err_file)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.connect_host}:{self.port}"
 
     @property
     def pid(self):
@@ -194,6 +197,7 @@ class Server:
             self.proc.kill()
             self.proc.wait(5)
         self.err_file.close()
+        self.out_file.close()
 
 
 @pytest.fixture
@@ -382,13 +386,13 @@ def test_startup_banner(spawn, app_yaml, tmp_path):
     assert banner_value(block, "database") in path_variants(db)
     assert banner_value(block, "listening") == (
         f"http://127.0.0.1:{srv.port} (base URL http://localhost:{srv.port})")
+    assert srv.out_path.read_text() == "", "start writes its banner and logs to stderr, never stdout"
     # loopback without auth: no warning block
     assert "AUTHENTICATION IS DISABLED" not in stderr
     # step 11: logging is set up after the banner; `startup` and `config-imported` are logged
     srv.wait_for(rf"^{TS} INFO startup( |$)")
     m = srv.wait_for(rf"^{TS} INFO config-imported (.*)$")
     assert "version=1" in m.group(1).split(" ")
-    assert srv.stop() == 0
 
 
 def test_restart_with_same_config_imports_nothing(spawn, app_yaml, tmp_path):
@@ -398,16 +402,8 @@ def test_restart_with_same_config_imports_nothing(spawn, app_yaml, tmp_path):
     _, block = banner_lines(srv.stderr())
     assert banner_value(block, "app") == "srv-app 1.0.0 (schema version 1, in-sync)"
     srv.wait_for(rf"^{TS} INFO startup( |$)")
-    assert srv.stop() == 0
     assert not re.search(r" INFO config-imported", srv.stderr()), srv.stderr()
-    assert total_after_restart(spawn, app_yaml, db) == 2
-
-
-def total_after_restart(spawn, config, db):
-    srv = spawn(config, db).wait_ready()
-    n = total(srv)
-    assert srv.stop() == 0
-    return n
+    assert total(srv) == 2
 
 
 @pytest.mark.parametrize("how", ["option", "env"])
@@ -427,7 +423,22 @@ def test_warning_block_for_wildcard_host_without_auth(spawn, app_yaml, how):
     assert idx < banner_start, "warnings (step 9) come before the banner (step 10)"
     assert banner_value(block, "listening").endswith(f"(base URL http://localhost:{port})")
     assert http("GET", srv.url + "/api/health").status == 200
-    assert srv.stop() == 0
+
+
+def test_no_warning_block_for_other_loopback_address(spawn, app_yaml):
+    srv = spawn(app_yaml, args=["--host", "127.0.0.2"], connect_host="127.0.0.2").wait_ready()
+    stderr = srv.stderr()
+    assert "AUTHENTICATION IS DISABLED" not in stderr, "127.0.0.2 is a loopback address"
+    _, block = banner_lines(stderr)
+    assert banner_value(block, "listening") == (
+        f"http://127.0.0.2:{srv.port} (base URL http://localhost:{srv.port})")
+
+
+def test_base_url_shown_in_banner(spawn, app_yaml):
+    srv = spawn(app_yaml, env={"BASE_URL": "https://tracker.example.com/app"}).wait_ready()
+    _, block = banner_lines(srv.stderr())
+    assert banner_value(block, "listening") == (
+        f"http://127.0.0.1:{srv.port} (base URL https://tracker.example.com/app)")
 
 
 def test_no_warning_block_for_wildcard_host_with_auth(spawn, auth_yaml):
@@ -436,7 +447,6 @@ def test_no_warning_block_for_wildcard_host_with_auth(spawn, auth_yaml):
     assert "AUTHENTICATION IS DISABLED" not in stderr
     _, block = banner_lines(stderr)
     assert "email+password" in banner_value(block, "auth")
-    assert srv.stop() == 0
 
 
 def test_request_log_line(spawn, app_yaml):
@@ -461,7 +471,6 @@ def test_request_log_line(spawn, app_yaml):
     assert re.fullmatch(r"method=GET path=/api/nowhere status=404 ms=\d+\.\d ip=127\.0\.0\.1 user=-",
                         m.group(1)), m.group(0)
 
-    assert srv.stop() == 0
     stderr = srv.stderr()
     assert "query-canary-123" not in stderr, "query strings are not logged"
     assert "body-canary-456" not in stderr, "request bodies are not logged"
@@ -484,23 +493,26 @@ def test_request_log_json(spawn, app_yaml):
         for line in lines(srv.stderr()):
             if line.startswith("{"):
                 obj = json.loads(line)
-                if obj.get("event") == "request" and obj.get("requestId") == rid:
+                if obj.get("event") == "request" and rid in obj.values():
                     entry = obj
         time.sleep(0.05)
     assert entry is not None, srv.stderr()
     assert re.fullmatch(TS, entry["ts"])
-    assert {k: entry[k] for k in ("level", "event", "method", "path", "status", "ip", "userId")} == {
-        "level": "info", "event": "request", "method": "GET", "path": "/api/health", "status": 200,
-        "ip": "127.0.0.1", "userId": None}
+    expected = {"level": "info", "event": "request", "requestId": rid, "method": "GET",
+                "path": "/api/health", "status": 200, "ip": "127.0.0.1", "userId": None}
+    assert {k: entry.get(k, "<missing>") for k in expected} == expected, entry
     assert isinstance(entry["ms"], (int, float))
-    assert srv.stop() == 0
+    # after step 11 every line is a JSON object
+    out = lines(srv.stderr())
+    first = next(i for i, l in enumerate(out) if l.startswith("{"))
+    for line in out[first:]:
+        assert isinstance(json.loads(line), dict), line
 
 
 def test_log_level_warning_hides_request_lines(spawn, app_yaml):
     srv = spawn(app_yaml, args=["--log-level", "warning"]).wait_ready()
     assert http("GET", srv.url + "/api/health").status == 200
     time.sleep(0.3)
-    assert srv.stop() == 0
     assert " INFO request " not in srv.stderr(), srv.stderr()
 
 
@@ -603,7 +615,6 @@ def test_empty_sqlite_file_is_initialised(spawn, tmp_path, app_yaml):
     db.write_bytes(b"")
     srv = spawn(app_yaml, db).wait_ready()
     assert http("POST", records_url(srv), {"title": "x"}).status == 201
-    assert srv.stop() == 0
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     con.close()
@@ -639,6 +650,15 @@ def test_database_from_newer_sovrium(spawn, tmp_path, app_yaml):
 def test_schema_version_is_one():
     """The brief and §7.4 example: this release's internal schema is version 1."""
     assert SCHEMA_VERSION == 1
+
+
+def test_database_path_is_a_directory(tmp_path, app_yaml):
+    db = tmp_path / "adir"
+    db.mkdir()
+    proc = run_start(tmp_path, app_yaml, db)
+    assert_refused(proc, 3)
+    assert any(l.startswith("error: ") for l in lines(proc.stderr)), proc.stderr
+    assert list(db.iterdir()) == []
 
 
 def test_missing_parent_directory(tmp_path, app_yaml):
@@ -695,7 +715,6 @@ def test_second_server_on_same_database(spawn, tmp_path, app_yaml):
     # the lease is released at shutdown: a new server can take over
     again = spawn(app_yaml, db).wait_ready()
     assert total(again) == 1
-    assert again.stop() == 0
 
 
 # ------------------------------------------------------------------------------------- shutdown
@@ -721,7 +740,6 @@ def test_graceful_shutdown_checkpoints_wal(spawn, tmp_path, app_yaml, sig):
         r = http("GET", records_url(srv2) + f"/{rid}")
         assert r.status == 200, r
         assert r.json["fields"] == {"title": f"rec {i}", "size": i}
-    assert srv2.stop() == 0
 
 
 def test_kill_9_loses_no_acknowledged_write(spawn, tmp_path, app_yaml):
@@ -767,7 +785,6 @@ def test_kill_9_loses_no_acknowledged_write(spawn, tmp_path, app_yaml):
             missing.append((rid, r.status))
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged writes lost: {missing[:10]}"
     assert total(again) >= len(acknowledged)
-    assert again.stop() == 0
 
 
 # --------------------------------------------------------------------------------- busy database
@@ -808,4 +825,158 @@ def test_busy_database_gives_503_and_writes_nothing(spawn, tmp_path, app_yaml):
     assert total(srv) == 2
     titles = [rec["fields"]["title"] for rec in http("GET", records_url(srv)).json["records"]]
     assert titles == ["before", "after"]
+
+
+# ------------------------------------------------------------- configuration vs data (§4 step 5)
+
+
+KIND_YAML = """\
+name: srv-app
+version: "1.0.0"
+tables:
+  - id: 1
+    name: notes
+    fields:
+      - id: 1
+        name: title
+        type: single-line-text
+        required: true
+      - id: 3
+        name: kind
+        type: single-select
+        options: [a, b]
+"""
+
+
+def test_data_loss_guard_refuses_and_leaves_database_unchanged(spawn, tmp_path):
+    cfg = tmp_path / "kind.yaml"
+    cfg.write_text(KIND_YAML)
+    db = tmp_path / "guard.db"
+    srv = spawn(cfg, db).wait_ready()
+    r = http("POST", records_url(srv), {"title": "x", "kind": "b"})
+    assert r.status == 201, r
+    rid = r.json["id"]
     assert srv.stop() == 0
+
+    cfg.write_text(KIND_YAML.replace("options: [a, b]", "options: [a]"))
+    before = db.read_bytes()
+    proc = run_start(tmp_path, cfg, db)
+    assert_refused(proc, 1, "error: the configuration would clear stored values (see warnings); "
+                            "rerun with --allow-data-loss")
+    assert re.search(r"^warning: .*Removing option 'b' from 'kind' clears 1 values$", proc.stderr, re.M), \
+        proc.stderr
+    assert db.read_bytes() == before, "a refused configuration must leave the database unchanged"
+
+    srv = spawn(cfg, db, args=["--allow-data-loss"]).wait_ready()
+    _, block = banner_lines(srv.stderr())
+    assert banner_value(block, "app").startswith("srv-app 1.0.0 (schema version 2, ")
+    r = http("GET", records_url(srv) + f"/{rid}")
+    assert r.status == 200
+    assert r.json["fields"] == {"title": "x", "kind": None}
+
+
+def test_identity_conflict_refuses_and_leaves_database_unchanged(spawn, tmp_path, app_yaml):
+    db = tmp_path / "identity.db"
+    make_sovrium_db(spawn, app_yaml, db)
+    before = db.read_bytes()
+    cfg = tmp_path / "renumbered.yaml"
+    cfg.write_text(APP_YAML.replace("      - id: 1\n        name: title", "      - id: 5\n        name: title"))
+    proc = run_start(tmp_path, cfg, db)
+    assert_refused(proc, 1)
+    assert re.search(r"^error: (\S+: )?Field 'title' is registered with id 1; it cannot change to 5$",
+                     proc.stderr, re.M), proc.stderr
+    assert db.read_bytes() == before
+
+
+# ------------------------------------------------------------------- shutdown with a request in flight
+
+
+def _blocked_post(url, result):
+    try:
+        result["resp"] = http("POST", url, {"title": "in flight"}, timeout=30)
+    except Exception as exc:  # pragma: no cover - reported by the assertion below
+        result["exc"] = exc
+
+
+def test_sigterm_lets_in_flight_request_finish(spawn, tmp_path, app_yaml):
+    db = tmp_path / "inflight.db"
+    srv = spawn(app_yaml, db).wait_ready()
+    assert http("POST", records_url(srv), {"title": "first"}).status == 201
+    holder = sqlite3.connect(db, isolation_level=None, timeout=5)
+    holder.execute("BEGIN IMMEDIATE")
+    result = {}
+    t = threading.Thread(target=_blocked_post, args=(records_url(srv), result), daemon=True)
+    try:
+        t.start()
+        time.sleep(0.7)  # the POST is now waiting for the write lock
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.7)
+        assert srv.proc.poll() is None, "the server must wait for the in-flight request"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    t.join(20)
+    assert "exc" not in result, result
+    assert result["resp"].status == 201, result["resp"]
+    assert srv.stop() == 0, srv.stderr()
+    assert re.search(rf"^{TS} INFO shutdown status=complete$", srv.stderr(), re.M), srv.stderr()
+    wal = Path(str(db) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM records WHERE table_id = 1").fetchone()[0] == 2
+    con.close()
+
+
+def test_second_sigint_during_shutdown_exits_130(spawn, tmp_path, app_yaml):
+    db = tmp_path / "double.db"
+    srv = spawn(app_yaml, db).wait_ready()
+    assert http("POST", records_url(srv), {"title": "kept"}).status == 201
+    holder = sqlite3.connect(db, isolation_level=None, timeout=5)
+    holder.execute("BEGIN IMMEDIATE")
+    result = {}
+    t = threading.Thread(target=_blocked_post, args=(records_url(srv), result), daemon=True)
+    try:
+        t.start()
+        time.sleep(0.7)
+        srv.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert srv.proc.poll() is None, "the first SIGINT waits for the in-flight request"
+        srv.proc.send_signal(signal.SIGINT)
+        try:
+            rc = srv.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second SIGINT during shutdown must exit immediately")
+        assert rc == 130, srv.stderr()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    t.join(10)
+    # the database stays consistent: a new server opens it and has the committed record
+    again = spawn(app_yaml, db).wait_ready()
+    titles = [r["fields"]["title"] for r in http("GET", records_url(again)).json["records"]]
+    assert titles == ["kept"]
+
+
+def test_validate_with_database_reports_data_loss(spawn, tmp_path):
+    """`validate --db` runs the data checks read-only; data-loss warnings → exit 1 unless
+    --allow-data-loss (OPERATIONS.md §2.2)."""
+    cfg = tmp_path / "kind.yaml"
+    cfg.write_text(KIND_YAML)
+    db = tmp_path / "validate.db"
+    srv = spawn(cfg, db).wait_ready()
+    assert http("POST", records_url(srv), {"title": "x", "kind": "b"}).status == 201
+    assert srv.stop() == 0
+    before = db.read_bytes()
+
+    cfg.write_text(KIND_YAML.replace("options: [a, b]", "options: [a]"))
+    cmd = [sys.executable, "-m", "sovrium", "validate", str(cfg), "--db", str(db)]
+    proc = subprocess.run(cmd, env=child_env(), cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=25)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"^warning: .*Removing option 'b' from 'kind' clears 1 values$", proc.stderr, re.M), \
+        proc.stderr
+    proc = subprocess.run(cmd + ["--allow-data-loss"], env=child_env(), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=25)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: srv-app — 1 tables" in lines(proc.stdout + proc.stderr)
+    assert db.read_bytes() == before, "validate --db is read-only"
