@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_table ON records (table_id, deleted_at, id);
 CREATE INDEX IF NOT EXISTS records_by_updated ON records (table_id, deleted_at, updated_at);
 
+-- Live and trashed record counts per table, kept by the triggers below, so that an unfiltered
+-- list answers its `total` without counting the table.
+CREATE TABLE IF NOT EXISTS record_counts (
+  table_id INTEGER PRIMARY KEY,
+  live     INTEGER NOT NULL DEFAULT 0,
+  trashed  INTEGER NOT NULL DEFAULT 0
+);
+
 -- Revisions: one row per insert, update, soft delete, restore and purge of a record.
 -- Doubles as the activity log.
 CREATE TABLE IF NOT EXISTS revisions (
@@ -315,6 +323,29 @@ BEGIN
   INSERT INTO revisions (table_id, record_id, action, before, after, actor_id, created_at)
   SELECT OLD.table_id, OLD.id, 'purge', OLD.data, NULL, w.actor_id, w.now
   FROM write_context w WHERE w.id = 1;
+END;
+
+-- Count triggers: keep record_counts in step with records.
+CREATE TRIGGER IF NOT EXISTS records_count_insert AFTER INSERT ON records
+BEGIN
+  INSERT INTO record_counts (table_id, live, trashed)
+  VALUES (NEW.table_id, NEW.deleted_at IS NULL, NEW.deleted_at IS NOT NULL)
+  ON CONFLICT (table_id) DO UPDATE SET live = live + (NEW.deleted_at IS NULL),
+                                       trashed = trashed + (NEW.deleted_at IS NOT NULL);
+END;
+
+CREATE TRIGGER IF NOT EXISTS records_count_update AFTER UPDATE OF deleted_at ON records
+WHEN (OLD.deleted_at IS NULL) <> (NEW.deleted_at IS NULL)
+BEGIN
+  UPDATE record_counts SET live = live + (CASE WHEN NEW.deleted_at IS NULL THEN 1 ELSE -1 END),
+                           trashed = trashed + (CASE WHEN NEW.deleted_at IS NULL THEN -1 ELSE 1 END)
+   WHERE table_id = NEW.table_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS records_count_delete AFTER DELETE ON records
+BEGIN
+  UPDATE record_counts SET live = live - (OLD.deleted_at IS NULL), trashed = trashed - (OLD.deleted_at IS NOT NULL)
+   WHERE table_id = OLD.table_id;
 END;
 
 -- Link triggers: keep `links` in step with the arrays of the fields listed in `link_fields`.

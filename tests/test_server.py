@@ -471,6 +471,16 @@ def test_request_log_line(spawn, app_yaml):
     assert re.fullmatch(r"method=GET path=/api/nowhere status=404 ms=\d+\.\d ip=127\.0\.0\.1 user=-",
                         m.group(1)), m.group(0)
 
+    # a value containing a space, `"` or `=` is written as a JSON string (§6)
+    for raw_path, decoded in (("/api/x%20y", "/api/x y"), ("/api/a%3Db", "/api/a=b")):
+        q = http("GET", srv.url + raw_path)
+        assert q.status == 404
+        m = srv.wait_for(rf"^{TS} INFO request id={re.escape(q.headers['X-Request-Id'])} (.*)$")
+        path_value = re.match(r"method=GET path=(\"(?:[^\"\\]|\\.)*\"|\S+) status=404 ", m.group(1))
+        assert path_value, m.group(0)
+        value = path_value.group(1)
+        assert value == raw_path or (value.startswith('"') and json.loads(value) == decoded), m.group(0)
+
     stderr = srv.stderr()
     assert "query-canary-123" not in stderr, "query strings are not logged"
     assert "body-canary-456" not in stderr, "request bodies are not logged"
