@@ -26,6 +26,7 @@ Sections (``grep -n '^# [0-9].*####' sovrium.py``):
 """
 
 import base64
+import collections
 import contextlib
 import copy
 import datetime
@@ -267,7 +268,7 @@ def query_int(params, name, lo, hi, default=None):
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    if not _INT_PARAM.match(raw):
+    if not _INT_PARAM.fullmatch(raw):
         raise field_error(name, f"Parameter '{name}' must be an integer")
     value = int(raw) if len(raw) <= 20 else (hi + 1 if raw[0] != "-" else lo - 1)
     if not lo <= value <= hi:
@@ -3031,6 +3032,8 @@ class Field:
             return self.type
         if self.type in ("formula", "rollup") and self.result in ("date", "datetime"):
             return self.result
+        if self.type == "rollup" and self.related is not None and self.related.date_kind == "time":
+            return "time"
         if self.type == "lookup":
             return self.related.date_kind
         return "datetime"
@@ -3246,7 +3249,7 @@ class Schema:
         """A table by name or by its decimal id text (API.md §1.14)."""
         if isinstance(ref, int):
             return self.by_id.get(ref)
-        if re.match(r"^[1-9][0-9]{0,15}$", ref):
+        if re.fullmatch(r"[1-9][0-9]{0,15}", ref):
             return self.by_id.get(int(ref))
         return self.by_name.get(ref)
 
@@ -3745,9 +3748,11 @@ def parse_filter_param(text, table, visible, trash=False):
 def _convert_shorthand(f, raw, element=False):
     family = _element_family(f) if element else f.family
     if family in ("Number",) or (family == "Link" and not f.user_valued):
-        if NUMBER_PATTERN.match(raw):
-            return sov_parse_number(raw)
-        raise _FilterProblem(f"Invalid filter value for field '{f.name}'")
+        value = sov_parse_number(raw) if NUMBER_PATTERN.fullmatch(raw) else None
+        integral = re.fullmatch(r"-?[0-9]+", raw) is not None
+        if value is None or integral and (len(raw.lstrip("-")) > 16 or abs(value) > MAX_SAFE_INTEGER):
+            raise _FilterProblem(f"Invalid filter value for field '{f.name}'")
+        return value
     if family == "Boolean":
         if raw in ("true", "false"):
             return raw == "true"
@@ -3841,7 +3846,7 @@ def _scalar_filter_value(f, family, x, bad, op):
             raise bad
         return x.strip().lower() if f.type == "email" and op in ("equals", "notEquals", "in", "notIn") else x
     if family == "Number":
-        if isinstance(x, str) and NUMBER_PATTERN.match(x.strip()):
+        if isinstance(x, str) and NUMBER_PATTERN.fullmatch(x.strip()):
             x = sov_parse_number(x)
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
             raise bad
@@ -3964,6 +3969,37 @@ def compile_config(doc, env=None, registry=None, resolved=None):
     return (None if ck.errors else schema), ck.errors, warnings
 
 
+class _AnyEnv(dict):
+    """An environment where every variable is set: for rebuilding a stored version's tables."""
+
+    def get(self, key, default=None):
+        return "0"
+
+    def __contains__(self, key):
+        return True
+
+    def __getitem__(self, key):
+        return "0"
+
+
+def stored_schema(active, registry):
+    """The schema model of a stored version, for comparing stored data with a new configuration.
+
+    Only its tables matter, and tables never contain ${VAR} placeholders (CONFIG.md §1.3), so the
+    settings, analytics and auth details are left out: a variable unset today cannot hide the
+    previous version, and with it the data-loss guard.
+    """
+    _, snapshot, _, resolved = active
+    doc = {k: v for k, v in snapshot.items() if k not in ("settings", "analytics", "auth")}
+    if snapshot.get("auth") not in (None, False):
+        doc["auth"] = {"strategies": ["emailAndPassword"]}
+    schema, errors, _ = compile_config(doc, _AnyEnv(), registry, resolved=resolved)
+    if schema is None:
+        raise StartupError(f"the active configuration version {active[0]} cannot be read: "
+                           + "; ".join(f"{e['path']}: {e['message']}" for e in errors[:3]), 1)
+    return schema
+
+
 def validate_config(config, env=None):
     """Validate a configuration (dict or path) without a database → (errors, warnings)."""
     if not isinstance(config, dict):
@@ -3985,7 +4021,7 @@ def public_field(f):
 
 SQL_FUNCTIONS = (("sov_num_text", 1), ("sov_parse_number", 1), ("sov_parse_date", 1),
                  ("sov_parse_datetime", 2), ("sov_parse_time", 1), ("sov_local_date", 2))
-PROGRESS_STEPS = 20000
+PROGRESS_STEPS = 100000
 MIGRATIONS = {}   # {from_version: sql}: step k upgrades an internal schema from k to k + 1
 
 
@@ -4042,6 +4078,20 @@ class WriteTxn:
             self.conn.execute("UPDATE write_context SET now = ? WHERE id = 1", (self.now,))
 
 
+class _Job:
+    """A write submitted to the group-commit writer: the function and its outcome."""
+
+    __slots__ = ("fn", "actor_id", "request_id", "now", "timeout_ms", "started", "done", "result", "error")
+
+    def __init__(self, fn, actor_id, request_id, now, timeout_ms):
+        self.fn, self.actor_id, self.request_id, self.now, self.timeout_ms = fn, actor_id, request_id, now, timeout_ms
+        self.started, self.done = threading.Event(), threading.Event()
+        self.result = self.error = None
+
+
+GROUP_COMMIT_MAX = 64
+
+
 class Database:
     """One SQLite file (or private in-memory database): per-thread connections, the write lock."""
 
@@ -4055,6 +4105,9 @@ class Database:
         self._all_lock = threading.Lock()
         self.closed = False
         self.keeper = None
+        self._jobs = collections.deque()
+        self._jobs_cv = threading.Condition()
+        self._writer = None
         self._open(create)
 
     # -- opening ----------------------------------------------------------------------------------
@@ -4147,6 +4200,10 @@ class Database:
                 self._all.append(c)
         return c
 
+    def rearm(self, timeout_ms):
+        """Restart this thread's query time limit (each statement has its own budget)."""
+        self._local.deadline = time.monotonic() + timeout_ms / 1000.0
+
     @contextlib.contextmanager
     def read(self, timeout_ms=None):
         """A read transaction (one snapshot for every statement inside), optionally time-limited."""
@@ -4185,20 +4242,20 @@ class Database:
             if timeout_ms:
                 self._local.deadline = time.monotonic() + timeout_ms / 1000.0
             conn.setbusytimeout(max(1, int((deadline - time.monotonic()) * 1000)))
+            txn = WriteTxn(conn, now or format_ts(self.clock()))
+            # Few apsw calls while the lock is held: each one gives the GIL away and must win it back.
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE; UPDATE write_context SET actor_id = ?, now = ?, request_id = ? "
+                             "WHERE id = 1", (actor_id, txn.now, request_id))
             except apsw.Error as exc:
+                self._rollback(conn)
                 raise translate_db_error(exc) or exc
             finally:
                 conn.setbusytimeout(5000)
-            txn = WriteTxn(conn, now or format_ts(self.clock()))
             try:
-                conn.execute("UPDATE write_context SET actor_id = ?, now = ?, request_id = ? WHERE id = 1",
-                             (actor_id, txn.now, request_id))
                 yield txn
                 conn.execute("UPDATE write_context SET actor_id = NULL, now = NULL, request_id = NULL "
-                             "WHERE id = 1")
-                conn.execute("COMMIT")
+                             "WHERE id = 1; COMMIT")
             except apsw.Error as exc:
                 self._rollback(conn)
                 api = translate_db_error(exc)
@@ -4212,6 +4269,101 @@ class Database:
             self._local.deadline = None
             self.write_lock.release()
 
+    # -- group commit ---------------------------------------------------------------------------------
+    def submit(self, fn, actor_id=None, request_id=None, now=None, timeout_ms=None):
+        """Run fn(txn) atomically in a write transaction and return its result.
+
+        API writes come here. One writer thread takes every job waiting at that moment and runs
+        them in one transaction, each inside its own savepoint (so a failing job rolls back alone),
+        then commits once; every caller gets its answer only after that COMMIT. Under concurrent
+        writes this turns many small commits, each paying for SQLite's page writes and for winning
+        the GIL back after every SQLite call, into one.
+        """
+        job = _Job(fn, actor_id, request_id, now, timeout_ms)
+        with self._jobs_cv:
+            if self.closed:
+                raise ServiceUnavailableError("Database unavailable")
+            self._jobs.append(job)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._writer_loop, name="sovrium-writer", daemon=True)
+                self._writer.start()
+            self._jobs_cv.notify()
+        if not job.started.wait(BUSY_BUDGET_SECONDS):
+            with self._jobs_cv:
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                    raise ServiceUnavailableError()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _writer_loop(self):
+        while True:
+            with self._jobs_cv:
+                while not self._jobs and not self.closed:
+                    self._jobs_cv.wait()
+                if not self._jobs:
+                    return
+                batch = [self._jobs.popleft() for _ in range(min(len(self._jobs), GROUP_COMMIT_MAX))]
+            self._run_group(batch)
+
+    def _run_group(self, batch):
+        deadline = time.monotonic() + BUSY_BUDGET_SECONDS
+        if not self.write_lock.acquire(timeout=BUSY_BUDGET_SECONDS):
+            return self._fail(batch, ServiceUnavailableError())
+        try:
+            conn = self.conn()
+            conn.setbusytimeout(max(1, int((deadline - time.monotonic()) * 1000)))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except apsw.Error as exc:
+                self._rollback(conn)
+                return self._fail(batch, translate_db_error(exc) or InternalError())
+            finally:
+                conn.setbusytimeout(5000)
+            ok = []
+            for job in batch:
+                job.started.set()
+                txn = WriteTxn(conn, job.now or format_ts(self.clock()))
+                conn.execute("SAVEPOINT job; UPDATE write_context SET actor_id = ?, now = ?, request_id = ? "
+                             "WHERE id = 1", (job.actor_id, txn.now, job.request_id))
+                if job.timeout_ms:
+                    self._local.deadline = time.monotonic() + job.timeout_ms / 1000.0
+                try:
+                    job.result = job.fn(txn)
+                    conn.execute("RELEASE job")
+                    ok.append(job)
+                except BaseException as exc:  # the job's own failure: undo only its savepoint
+                    conn.execute("ROLLBACK TO job; RELEASE job")
+                    job.error = (translate_db_error(exc) or exc) if isinstance(exc, apsw.Error) else exc
+                finally:
+                    self._local.deadline = None
+            try:
+                conn.execute("UPDATE write_context SET actor_id = NULL, now = NULL, request_id = NULL "
+                             "WHERE id = 1; COMMIT")
+            except apsw.Error as exc:
+                self._rollback(conn)
+                for job in ok:
+                    job.result, job.error = None, translate_db_error(exc) or InternalError()
+        except BaseException as exc:
+            self._rollback(self.conn())
+            for job in batch:
+                if job.error is None:
+                    job.result, job.error = None, exc
+        finally:
+            self.write_lock.release()
+            for job in batch:
+                job.started.set()
+                job.done.set()
+
+    @staticmethod
+    def _fail(batch, error):
+        for job in batch:
+            job.error = error
+            job.started.set()
+            job.done.set()
+
     @staticmethod
     def _rollback(conn):
         try:
@@ -4221,6 +4373,11 @@ class Database:
 
     def close(self, checkpoint=False):
         """Close every connection; optionally optimize and truncate the WAL first."""
+        with self._jobs_cv:
+            self.closed = True
+            self._jobs_cv.notify_all()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join(BUSY_BUDGET_SECONDS)
         with self._all_lock:
             conns, self._all = self._all, []
             self.closed = True
@@ -4412,6 +4569,21 @@ def _cat(ftype, conf=None):
             "time": "time", "checkbox": "bool", "json": "json"}.get(ftype, ftype)
 
 
+def _barcode_sql(v, fmt):
+    """SQL that is true when text `v` is a valid barcode of `fmt` (CONFIG.md §5.9), check digits included."""
+    if fmt == "CODE-128":
+        return f"(length({v}) BETWEEN 1 AND 80 AND {v} NOT GLOB '*[^ -~]*')"
+    if fmt == "CODE-39":
+        return f"(length({v}) BETWEEN 1 AND 80 AND {v} NOT GLOB '*[^0-9A-Z .$/+%-]*')"
+    if fmt == "UPC-E":
+        return f"(length({v}) = 8 AND {v} NOT GLOB '*[^0-9]*' AND substr({v}, 1, 1) IN ('0', '1'))"
+    n = {"EAN-13": 13, "EAN-8": 8, "UPC-A": 12}[fmt]
+    # Weights 3, 1, 3, ... from the digit left of the check digit going left.
+    total = " + ".join(f"substr({v}, {i}, 1) * {3 if (n - 1 - i) % 2 == 0 else 1}" for i in range(1, n))
+    return (f"(length({v}) = {n} AND {v} NOT GLOB '*[^0-9]*' AND "
+            f"(10 - ({total}) % 10) % 10 = CAST(substr({v}, {n}, 1) AS INTEGER))")
+
+
 def _opts_sql(values):
     return "(" + ", ".join(sql_str(v) for v in values) + ")" if values else "(NULL)"
 
@@ -4450,6 +4622,13 @@ def conversion_sql(old_type, old_conf, f, v, raw):
         elif new == "phone-number":
             base = (f"(CASE WHEN length({base}) BETWEEN 3 AND 32 AND {base} NOT GLOB '*[^0-9 ().+-]*' "
                     f"THEN {base} END)")
+        elif new == "barcode":
+            base = f"(CASE WHEN {_barcode_sql(base, f.conf['format'])} THEN {base} END)"
+        elif new == "rich-text":
+            bad = " OR ".join(f"lower({base}) LIKE '%{m}%'" for m in
+                              ("<script", "<style", "<iframe", "<object", "<embed", "javascript:"))
+            base = (f"(CASE WHEN NOT ({bad} OR {base} GLOB '*<*[ /\"'']on*=*>*' "
+                    f"OR {base} GLOB '*<*[ /\"'']ON*=*>*') THEN {base} END)")
         return _jq(base) if base != "NULL" else "NULL"
     if nc == "number":
         if oc == "number":
@@ -4606,8 +4785,11 @@ def _plan_field(plan, conn, t, f, of, reg, count):
                                   f"'{f.name}' clears {n} values", "dataLoss": True, "records": n})
             plan.updates.append((tid, key, None, where))
         return
-    conv = conversion_sql(old_type, old_conf if old_type == f.type or old_conf else None, f, v, raw) \
+    regrade = f.type == "barcode" and (old_conf is None or old_conf.get("format") != f.conf["format"])
+    conv = conversion_sql(old_type, old_conf, f, v, raw) \
         if (old_type != f.type or _cat(old_type, old_conf) != _cat(f.type, f.conf)) else None
+    if regrade and conv is None:
+        conv = conversion_sql("single-line-text", None, f, v, raw)
     if conv is not None:
         n = count(f"SELECT count(*) FROM records WHERE {where} AND ({conv}) IS NULL")
         if f.type == "checkbox" and _cat(old_type) == "text":
@@ -4618,23 +4800,28 @@ def _plan_field(plan, conn, t, f, of, reg, count):
                                   f"clears {n} values", "dataLoss": True, "records": n})
         plan.updates.append((tid, key, conv, where))
         return
-    if old_conf and f.type in CHOICE_TYPES + ("multi-select",):
+    if f.type in CHOICE_TYPES + ("multi-select",):
         kept = [o["value"] for o in f.conf["options"]]
-        for o in old_conf.get("options", []):
-            if o["value"] in kept:
-                continue
+        if old_conf:
+            removed = [o["value"] for o in old_conf.get("options", []) if o["value"] not in kept]
+        else:   # a field brought back from dormancy: its old options are unknown, its values are not
+            elems = f"json_each(data, '$.{key}')" if f.type == "multi-select" else None
+            sql = (f"SELECT DISTINCT value FROM records, {elems} WHERE {where}" if elems else
+                   f"SELECT DISTINCT {v} FROM records WHERE {where}")
+            removed = sorted(r[0] for r in conn.execute(sql) if r[0] not in kept)
+        for value in removed:
             if f.type == "multi-select":
                 n = count(f"SELECT count(*) FROM records WHERE {where} AND EXISTS (SELECT 1 FROM "
-                          f"json_each(data, '$.{key}') WHERE value = ?)", (o["value"],))
+                          f"json_each(data, '$.{key}') WHERE value = ?)", (value,))
             else:
-                n = count(f"SELECT count(*) FROM records WHERE {where} AND {v} = ?", (o["value"],))
+                n = count(f"SELECT count(*) FROM records WHERE {where} AND {v} = ?", (value,))
             if n:
-                plan.warnings.append({"path": f.path + ".options", "message": f"Removing option '{o['value']}' "
+                plan.warnings.append({"path": f.path + ".options", "message": f"Removing option '{value}' "
                                       f"from '{f.name}' clears {n} values", "dataLoss": True, "records": n})
-        if any(o["value"] not in kept for o in old_conf.get("options", [])):
-            conv = conversion_sql(f.type, None, f, v, raw) if f.type != "multi-select" else \
-                conversion_sql("multi-select", None, f, v, raw)
-            if f.type != "multi-select":
+        if removed:
+            if f.type == "multi-select":
+                conv = conversion_sql("multi-select", None, f, v, raw)
+            else:
                 conv = f"(CASE WHEN {v} IN {_opts_sql(kept)} THEN {_jq(v)} END)"
             plan.updates.append((tid, key, conv, where))
     if old_conf:
@@ -4979,7 +5166,7 @@ class SqlBuilder:
         P = self.params
         if op in ("isNull", "isEmpty", "isNotNull", "isNotEmpty"):
             neg = op in ("isNotNull", "isNotEmpty")
-            if fam == "Opaque":
+            if fam == "Opaque" and f.stored:
                 e = f"json_type(r.data, '$.{f.key}') IS NULL"
             elif fam == "Multi" and not f.stored:
                 e = f"coalesce(json_array_length({x}), 0) = 0"
@@ -5012,6 +5199,12 @@ class SqlBuilder:
             P.append(v)
             return f"{x} COLLATE NOCASE {sym} ?" if fam == "Text" else f"{x} {sym} ?"
         if op in ("in", "notIn"):
+            if fam == "Text" and v:
+                # The equals form for each element, so the NOCASE index serves it.
+                marks = ", ".join("?" * len(v))
+                P.extend([*v, *v])
+                e = f"({x} COLLATE NOCASE IN ({marks}) AND {x} IN ({marks}))"
+                return e if op == "in" else f"({x} IS NULL OR NOT {e})"
             return self.in_list(x, op, v)
         return self.text_match(x, op, v, f)
 
@@ -5226,14 +5419,17 @@ INDEXABLE_OPS = ("equals", "in", "greaterThan", "lessThan", "greaterThanOrEqual"
                  "startsWith", "isTrue", "isFalse")
 
 
-def filter_index(table, tree):
-    """An index that serves a top-level condition of the filter, for counting its matches."""
+def filter_index(table, tree, equality_only=False):
+    """An index that serves a top-level condition of the filter (for counts; for unsorted pages,
+    only an equals/in condition, which is selective enough to beat walking the table in id order)."""
     if tree is None:
         return None
     tops = tree[1] if tree[0] == "and" else [tree]
     best = None
     for leaf in tops:
         if leaf[0] != "leaf" or leaf[2] not in INDEXABLE_OPS or not isinstance(leaf[1], Field):
+            continue
+        if equality_only and leaf[2] not in ("equals", "in"):
             continue
         f = leaf[1]
         if f.family == "Date" and f.date_kind == "datetime" and isinstance(leaf[3], tuple) and leaf[2] == "in":
@@ -5303,9 +5499,13 @@ class Ctx:
         """A time-limited read transaction."""
         return self.db.read(self.settings["queryTimeoutMs"])
 
-    def write(self):
-        """A time-limited write transaction crediting this call's actor and request."""
-        return self.db.write(self.actor.id, self.request_id, self.now, self.settings["queryTimeoutMs"])
+    def next_query(self):
+        """Give the next statement of this read its own full time limit (settings.queryTimeoutMs)."""
+        self.db.rearm(self.settings["queryTimeoutMs"])
+
+    def transact(self, fn):
+        """Run fn(txn) in a time-limited write transaction crediting this call's actor and request."""
+        return self.db.submit(fn, self.actor.id, self.request_id, self.now, self.settings["queryTimeoutMs"])
 
 
 def _record_names(ctx, table, params, visible):
@@ -5358,7 +5558,7 @@ def _path_id(text):
         if 1 <= text <= MAX_SAFE_INTEGER:
             return text
         raise NotFoundError()
-    if isinstance(text, str) and re.match(r"^[1-9][0-9]{0,15}$", text):
+    if isinstance(text, str) and re.fullmatch(r"[1-9][0-9]{0,15}", text):
         return int(text)
     raise NotFoundError()
 
@@ -5429,7 +5629,9 @@ def records_list(ctx, table_ref, params, trash=False, view=None, after_id=None):
         keys = [(table.pseudo["deletedAt"], True)]
     tie_desc = trash and not params.get("sort")
     where_sql = " AND ".join(where)
-    index = None if (trash or include_deleted) else sort_index(table, keys, tree)
+    index = None
+    if not (trash or include_deleted):
+        index = sort_index(table, keys, tree) if keys else filter_index(table, tree, equality_only=True)
     indexed_by = f" INDEXED BY {index}" if index else ""
     page_sql = (f"{CTX_PREFIX}SELECT {record_json_sql(table, names, trash or include_deleted)} FROM records r"
                 f"{indexed_by} WHERE {where_sql} ORDER BY {order_sql(keys, tie_desc)} LIMIT ? OFFSET ?")
@@ -5437,6 +5639,7 @@ def records_list(ctx, table_ref, params, trash=False, view=None, after_id=None):
         rows = [r[0] for r in conn.execute(page_sql, [ctx.now, *b.params, limit + 1 if skip_total else limit,
                                                       offset])]
         total = None
+        ctx.next_query()
         if not skip_total and len(where) == (1 if include_deleted else 2):
             # No filter, search or row rule: the trigger-kept counters answer at once.
             counts = conn.execute("SELECT live, trashed FROM record_counts WHERE table_id = ?",
@@ -5450,6 +5653,7 @@ def records_list(ctx, table_ref, params, trash=False, view=None, after_id=None):
                                  [ctx.now, *b.params]).fetchall()[0][0]
         groups = None
         if view is not None and view.group and view.group[0].name in visible:
+            ctx.next_query()
             groups = _view_groups(conn, ctx, view, where_sql, b.params)
     has_next = None
     if skip_total:
@@ -5696,11 +5900,11 @@ def records_create(ctx, table_ref, body):
     values, _ = split_body(body)
     visible = readable_names(ctx.actor, table)
     names = [f.name for f in table.data_fields if f.name in visible]
-    with ctx.write() as txn:
+    def write(txn):
         rid = insert_record(ctx, txn, table, values)
         ctx.now = txn.now
-        text = _fetch(txn.conn, ctx, table, names, "r.id = ?", [rid])[0]
-    return RawJson(text, rid)
+        return RawJson(_fetch(txn.conn, ctx, table, names, "r.id = ?", [rid])[0], rid)
+    return ctx.transact(write)
 
 
 def _load_stored(conn, ctx, table, rid, action_rules=("read",), deleted=False):
@@ -5738,12 +5942,13 @@ def update_record(ctx, txn, table, rid, values, updated_at, prefix="", conflict_
     changes = w.validate(values, stored, rid, prefix)
     new = dict(stored)
     for k, v in changes.items():
-        if v is None:
-            new.pop(k, None)
+        f = table.by_key.get(k)
+        if v is None or (v is False and k not in stored and f is not None and f.type == "checkbox"):
+            new.pop(k, None)     # an unset checkbox already reads as false
         else:
             new[k] = v
     text = _encode_data(table, new)
-    if new == stored:
+    if text == _encode_data(table, stored):
         return False
     w.check_row_rule("update", text, {**meta, "updated_by": ctx.actor.id})
     txn.bump(meta["updated_at"])
@@ -5760,11 +5965,11 @@ def records_update(ctx, table_ref, record_id, body):
     rid = _path_id(record_id)
     visible = readable_names(ctx.actor, table)
     names = [f.name for f in table.data_fields if f.name in visible]
-    with ctx.write() as txn:
+    def write(txn):
         update_record(ctx, txn, table, rid, values, updated_at)
         ctx.now = txn.now
-        text = _fetch(txn.conn, ctx, table, names, "r.id = ?", [rid])[0]
-    return RawJson(text, rid)
+        return RawJson(_fetch(txn.conn, ctx, table, names, "r.id = ?", [rid])[0], rid)
+    return ctx.transact(write)
 
 
 def delete_effect(ctx, conn, table, ids, purge):
@@ -5787,8 +5992,12 @@ def delete_effect(ctx, conn, table, ids, purge):
             if f.target is not t:
                 continue
             if f.relation == "m2o":
-                refs = conn.execute(f"SELECT r.id FROM records r WHERE r.table_id = {ot.id} AND "
-                                    f"json_extract(r.data, '$.{f.key}') = ? {live}", (rid,)).fetchall()
+                ref_sql = (f"SELECT r.id FROM records r WHERE r.table_id = {ot.id} AND "
+                           f"json_extract(r.data, '$.{f.key}') = ? AND r.deleted_at IS NULL")
+                if purge:   # trashed references too, without losing the live-rows index
+                    ref_sql += (f" UNION ALL SELECT r.id FROM records r WHERE r.table_id = {ot.id} AND "
+                                f"r.deleted_at IS NOT NULL AND json_extract(r.data, '$.{f.key}') = ?")
+                refs = conn.execute(ref_sql, (rid, rid) if purge else (rid,)).fetchall()
             else:
                 refs = conn.execute(f"SELECT r.id FROM links l JOIN records r ON r.id = l.source_id WHERE "
                                     f"l.table_id = {ot.id} AND l.field_key = '{f.key}' AND l.target_id = ? {live}",
@@ -5853,11 +6062,12 @@ def records_delete(ctx, table_ref, record_id, params=None):
     permanent = query_bool(params, "permanent")
     table = require_table(ctx.actor, ctx.schema, table_ref, "permanentDelete" if permanent else "delete")
     rid = _path_id(record_id)
-    with ctx.write() as txn:
+    def write(txn):
         _load_stored(txn.conn, ctx, table, rid, deleted=None if permanent else False)
         if not _row_rule_holds(ctx, txn.conn, table, "delete", rid):
             raise deny(ctx.actor, ROW_RULE_MESSAGE)
         delete_records(ctx, txn, table, [rid], permanent)
+    ctx.transact(write)
 
 
 # -- history (API.md §7) --------------------------------------------------------------------------
@@ -5979,6 +6189,7 @@ def format_log(event, level, fields, json_mode=False):
     if json_mode:
         renamed = {JSON_LOG_KEYS.get(k, k): v for k, v in fields.items()}
         return dumps({"ts": ts, "level": level.lower(), "event": event, **renamed})
+    tb = fields.pop("traceback", None) if not json_mode else None
     parts = [ts, level.upper(), event]
     for k, v in fields.items():
         if v is None:
@@ -5988,7 +6199,8 @@ def format_log(event, level, fields, json_mode=False):
             if text == "" or any(c in text for c in '"=') or any(c.isspace() for c in text):
                 text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{k}={text}")
-    return " ".join(parts)
+    line = " ".join(parts)
+    return line + "\n" + tb.rstrip("\n") if tb else line
 
 
 class App:
@@ -6046,9 +6258,7 @@ class App:
             schema, errors, warnings = compile_config(raw, self.env, registry)
             if schema is None:
                 raise ConfigError(errors, warnings)
-            old = None
-            if active is not None:
-                old, _, _ = compile_config(active[1], self.env, registry, resolved=active[3])
+            old = stored_schema(active, registry) if active is not None else None
             plan = plan_config(txn.conn, old, schema, registry)
             warnings = warnings + plan.warnings
             if plan.errors:
@@ -6460,7 +6670,7 @@ class SovriumWsgi:
         with self._count_lock:
             self.inflight += 1
         rid = environ.get("HTTP_X_REQUEST_ID", "")
-        if not REQUEST_ID.match(rid):
+        if not REQUEST_ID.fullmatch(rid):
             rid = str(uuid.uuid4())
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ.get("PATH_INFO", "") or "/"
@@ -6836,7 +7046,7 @@ def cmd_validate(args):
                 active = db.active_version(conn)
                 schema, errors, warnings = compile_config(raw, env, registry)
                 if schema is not None:
-                    old = compile_config(active[1], env, registry, resolved=active[3])[0] if active else None
+                    old = stored_schema(active, registry) if active else None
                     plan = plan_config(conn, old, schema, registry)
                     errors, warnings = errors + plan.errors, warnings + plan.warnings
                     data_loss = bool(plan.data_loss)

@@ -58,7 +58,8 @@ CONFIG = {
 }
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron".split()
 HELLO = """
-import sys, waitress
+import logging, sys, waitress
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 def app(environ, start_response):
     body = b'{"hello":"world"}'
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -198,7 +199,8 @@ def http_benchmarks(path, duration, threads, records):
         hello = os.path.join(tmp, "hello.py")
         with open(hello, "w") as fh:
             fh.write(HELLO)
-        procs.append(subprocess.Popen([sys.executable, hello, str(hello_port), str(threads)]))
+        procs.append(subprocess.Popen([sys.executable, hello, str(hello_port), str(threads)],
+                                      stderr=subprocess.DEVNULL))
         cfg = os.path.join(tmp, "bench.json")
         with open(cfg, "w") as fh:
             json.dump(CONFIG, fh)
@@ -248,15 +250,17 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--db", help="database file (default: cached in the temporary directory)")
+    ap.add_argument("--http-only", action="store_true", help="skip the server-time measurements")
     args = ap.parse_args()
     path = args.db or os.path.join(tempfile.gettempdir(), f"sovrium-bench-{args.records}-v2.db")
     if not os.path.exists(path):
         seed(path, args.records)
     print(f"sovrium {sovrium.__version__}, SQLite {sovrium.apsw.sqlite_lib_version()}, "
           f"{os.cpu_count()} cores, {args.records} items")
-    print("\nServer time of list queries (median of 7, in-process):")
-    for label, ms in server_times(path).items():
-        print(f"  {label:<78} {ms:8.2f} ms")
+    if not args.http_only:
+        print("\nServer time of list queries (median of 7, in-process):")
+        for label, ms in server_times(path).items():
+            print(f"  {label:<78} {ms:8.2f} ms")
     print(f"\nHTTP on loopback, {args.duration} s per run, waitress threads={args.threads}:")
     runs = http_benchmarks(path, args.duration, args.threads, args.records)
     h = runs["H (hello world)"][0]

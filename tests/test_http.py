@@ -802,3 +802,10 @@ def test_no_cors_without_origin(client):
     resp = client.options("/api/health")
     assert resp.status_int == 204
     check_no_cors(resp)
+
+
+@pytest.mark.parametrize("path", ["/api/tables/tasks/records/1%0A", "/api/tables/2%0A/records"])
+def test_ids_with_a_trailing_newline_name_nothing(client, path):
+    client.post_json("/api/tables/tasks/records", {"title": "x"})
+    r = client.get(path, expect_errors=True)
+    assert r.status_int == 404 and r.json["code"] == "NOT_FOUND"

@@ -983,3 +983,28 @@ def test_lookup_through_many_to_one_ignores_trashed_target(fresh):
     assert rec["fields"]["group"] == ids["G2"]  # the stored link is kept
     assert rec["fields"]["group_title"] is None
     assert names(lst(client, filter=json.dumps(leaf("group_title", "isNull"))).json) == [B, D, E]
+
+
+def test_empty_tests_on_a_computed_opaque_field(make_app):
+    app = make_app({"name": "o", "tables": [
+        {"id": 1, "name": "places", "fields": [{"id": 1, "name": "name", "type": "single-line-text"},
+                                                {"id": 2, "name": "loc", "type": "geolocation"}]},
+        {"id": 2, "name": "visits", "fields": [
+            {"id": 1, "name": "title", "type": "single-line-text"},
+            {"id": 2, "name": "place", "type": "relationship", "relatedTable": "places"},
+            {"id": 3, "name": "where", "type": "lookup", "relationshipField": "place", "relatedField": "loc"}]}]})
+    p1 = app.table("places").create({"name": "a", "loc": {"lat": 1, "lng": 2}})["id"]
+    p2 = app.table("places").create({"name": "b"})["id"]
+    app.table("visits").create({"title": "with loc", "place": p1})
+    app.table("visits").create({"title": "no place", "place": p2})
+    titles = lambda op: [r["fields"]["title"] for r in app.table("visits").list(
+        filter={"field": "where", "operator": op})["records"]]
+    assert titles("isNotEmpty") == ["with loc"]
+    assert titles("isEmpty") == ["no place"]
+
+
+@pytest.mark.parametrize("raw", ["estimate:1e400", "estimate:99999999999999999999"])
+def test_shorthand_numbers_out_of_range_are_invalid(client, raw):
+    r = client.get("/api/tables/tasks/records", {"filter": raw}, expect_errors=True)
+    assert r.status_int == 400
+    assert r.json["errors"] == [{"field": "filter", "message": "Invalid filter value for field 'estimate'"}]

@@ -1234,3 +1234,27 @@ def test_patch_wrapped_updated_at_inside_fields_is_readonly(tclient):
     rec = create(tclient, "tasks", {"title": "A"}).json
     assert_400(patch(tclient, "tasks", rec["id"], {"fields": {"updatedAt": rec["updatedAt"]}}),
                [err("updatedAt", "Cannot write to readonly field 'updatedAt'")])
+
+
+def test_patch_json_value_to_another_type_is_a_change(make_app):
+    app = make_app({"name": "j", "tables": [{"id": 1, "name": "t", "fields": [
+        {"id": 1, "name": "meta", "type": "json"}]}]})
+    client = webtest.TestApp(app.wsgi)
+    rec = client.post_json("/api/tables/t/records", {"meta": 1}).json
+    after = client.patch_json(f"/api/tables/t/records/{rec['id']}", {"meta": True}).json
+    assert after["fields"]["meta"] is True and after["updatedAt"] != rec["updatedAt"]
+    after2 = client.patch_json(f"/api/tables/t/records/{rec['id']}", {"meta": [False]}).json
+    assert after2["fields"]["meta"] == [False]
+
+
+def test_patching_an_unset_checkbox_to_false_changes_nothing(make_app, tmp_path):
+    cfg = {"name": "c", "tables": [{"id": 1, "name": "t", "fields": [{"id": 1, "name": "title", "type": "single-line-text"}]}]}
+    app = make_app(cfg, db_name="cb.db")
+    rid = app.table("t").create({"title": "a"})["id"]
+    app.close()
+    cfg["tables"][0]["fields"].append({"id": 2, "name": "done", "type": "checkbox"})
+    app = make_app(cfg, db_name="cb.db")
+    before = app.table("t").get(rid)
+    after = app.table("t").update(rid, {"done": False})
+    assert after["fields"]["done"] is False and after["updatedAt"] == before["updatedAt"]
+    assert [h["action"] for h in app.table("t").history(rid)["history"]] == ["create"]

@@ -609,3 +609,42 @@ def test_reopening_with_same_config_changes_nothing(db):
         snapshot = [app.table("items").get(i) for i in ids]
     with open_app(a, db) as app:
         assert [app.table("items").get(i) for i in ids] == snapshot
+
+
+def test_guard_does_not_depend_on_the_environment_of_the_previous_version(db):
+    """The previous version is compared by its tables, even when a ${VAR} it used is unset now."""
+    cfg = config(F(1, "s", "single-select", options=["a", "b"]))
+    cfg["settings"] = {"maxBodyBytes": "${MAXB}"}
+    with sovrium.App(copy.deepcopy(cfg), db_path=db, env={**TEST_ENV, "MAXB": "4096"}) as app:
+        app.table("items").create({"s": "b"})
+    cfg["settings"] = {}
+    cfg["tables"][0]["fields"][0]["options"] = ["a"]
+    with pytest.raises(sovrium.ConfigError) as exc:
+        open_app(cfg, db)
+    assert data_loss_messages(exc.value.warnings) == ["Removing option 'b' from 's' clears 1 values"]
+
+
+def test_field_back_from_dormancy_is_checked_against_its_new_options(db):
+    seed(config(F(1, "title"), F(2, "s", "single-select", options=["a", "b"])), db, [{"title": "x", "s": "b"}])
+    with open_app(config(F(1, "title")), db):
+        pass
+    back = config(F(1, "title"), F(2, "s", "single-select", options=["a"]))
+    with pytest.raises(sovrium.ConfigError) as exc:
+        open_app(back, db)
+    assert data_loss_messages(exc.value.warnings) == ["Removing option 'b' from 's' clears 1 values"]
+    with open_app(back, db, allow_data_loss=True) as app:
+        assert app.table("items").list()["records"][0]["fields"]["s"] is None
+
+
+@pytest.mark.parametrize("value,kept", [("4006381333931", True), ("4006381333932", False), ("not a barcode", False)])
+def test_text_to_ean13_barcode_keeps_only_valid_codes(db, value, kept):
+    seed(config(F(1, "code")), db, [{"code": value}])
+    target = config(F(1, "code", "barcode", format="EAN-13"))
+    if not kept:
+        with pytest.raises(sovrium.ConfigError) as exc:
+            open_app(target, db)
+        assert data_loss_messages(exc.value.warnings) == [
+            "Changing 'code' from single-line-text to barcode clears 1 values"]
+        return
+    with open_app(target, db) as app:
+        assert app.table("items").list()["records"][0]["fields"]["code"] == value

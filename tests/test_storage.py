@@ -103,7 +103,13 @@ def test_sorted_page_needs_no_temporary_sort(plan_app):
 
 
 def test_unique_check_uses_the_unique_index(plan_app):
-    plans = plans_of(plan_app, lambda: plan_app.table("things").create({"title": "x", "code": "NEW"}))
+    def create():
+        # The same write path as HTTP, run on this thread so its statements can be traced.
+        ctx = plan_app.context(sovrium.SYSTEM)
+        with plan_app.db.write() as txn:
+            sovrium.insert_record(ctx, txn, plan_app.schema.by_name["things"], {"title": "x", "code": "NEW"})
+
+    plans = plans_of(plan_app, create)
     unique = [p for sql, p in plans if "json_extract(data, '$.f5') = ?" in sql]
     assert unique and "INDEX ux_t2_f5" in unique[0], plans
 
@@ -231,3 +237,77 @@ def test_embedding_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "to reorder: ['Wire 1.5mm', 'M4 nut']" in proc.stdout
     assert "rejected: [{'field': 'quantity', 'message': \"Field 'quantity' must be at least 0\"}]" in proc.stdout
+
+
+def test_text_in_uses_the_nocase_index(plan_app):
+    plan = page_plan(plan_app, "things", filter={"field": "title", "operator": "in", "value": ["thing 1", "THING 2"]})
+    assert "INDEX ix_t2_f1" in plan, plan
+    names = [r["fields"]["title"] for r in plan_app.table("things").list(
+        filter={"field": "title", "operator": "in", "value": ["thing 1", "THING 2"]})["records"]]
+    assert names == ["thing 1"]     # `in` is exact, like equals
+
+
+def test_each_statement_of_a_read_has_its_own_time_limit(make_app, config):
+    config["settings"] = {"queryTimeoutMs": 100}
+    app = make_app(config)
+    ctx = app.context(sovrium.SYSTEM)
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+            "SELECT count(*) FROM c")
+    conn = app.db.conn()
+    started = __import__("time").perf_counter()
+    conn.execute(slow, (200000,)).fetchall()
+    one = __import__("time").perf_counter() - started
+    n = int(200000 * 0.06 / max(one, 1e-6))      # about 60 ms of work per statement
+    with ctx.read() as conn:
+        ctx.next_query()
+        conn.execute(slow, (n,)).fetchall()
+        ctx.next_query()
+        conn.execute(slow, (n,)).fetchall()     # 120 ms in total, each statement under 100 ms
+
+
+def test_concurrent_writes_succeed_or_fail_alone(make_app, config):
+    """Group commit: each write is atomic on its own, failures never leak into other writes."""
+    import threading
+    app = make_app(config)
+    results = []
+
+    def create(i):
+        try:
+            # Every third write repeats a unique e-mail and must fail alone.
+            email = "dup@example.com" if i % 3 == 0 else f"u{i}@example.com"
+            results.append(("ok", app.table("tasks").create({"title": f"t{i}", "email": email})["id"]))
+        except sovrium.ValidationError as exc:
+            results.append(("invalid", exc.errors[0]["message"]))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in results if r[0] == "ok"]
+    invalid = [r for r in results if r[0] == "invalid"]
+    assert len(ok) == 21 and len(invalid) == 9
+    assert {m for _, m in invalid} == {"Field 'email' must be unique"}
+    assert app.table("tasks").count() == 21
+    refs = sorted(r["fields"]["ref"] for r in app.table("tasks").list(limit=100)["records"])
+    assert len(set(refs)) == 21            # autonumbers of failed writes were rolled back with them
+    conn = app.db.conn()
+    assert conn.execute("SELECT count(*) FROM revisions").fetchall()[0][0] == 21
+
+
+def test_a_crashing_write_fails_alone(make_app, config, monkeypatch):
+    app = make_app(config)
+    client = webtest.TestApp(app.wsgi)
+    original = sovrium.insert_record
+
+    def flaky(ctx, txn, table, values, *a, **kw):
+        if values.get("title") == "boom":
+            raise RuntimeError("disk on fire")
+        return original(ctx, txn, table, values, *a, **kw)
+
+    monkeypatch.setattr(sovrium, "insert_record", flaky)
+    r = client.post_json("/api/tables/tasks/records", {"title": "boom"}, expect_errors=True)
+    assert r.status_int == 500 and r.json["code"] == "INTERNAL_ERROR"
+    assert "disk on fire" not in r.text
+    assert client.post_json("/api/tables/tasks/records", {"title": "fine"}).status_int == 201
+    assert app.table("tasks").count() == 1
