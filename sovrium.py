@@ -30,7 +30,10 @@ import collections
 import contextlib
 import copy
 import datetime
+import email.message
+import email.utils
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -39,16 +42,19 @@ import os
 import re
 import secrets
 import signal
+import smtplib
 import socket
 import sys
 import threading
 import time
 import traceback
 import unicodedata
+import urllib.parse
 import uuid
 import zoneinfo
 
 import apsw
+import argon2
 import yaml
 
 __version__ = "0.1.0"
@@ -4945,7 +4951,331 @@ def apply_config(txn, old, new, registry, plan, snapshot, checksum, source, acto
     return number
 
 ###############################################################################
-# 9. Permissions ##############################################################
+# 9. Authentication ###########################################################
+###############################################################################
+
+SESSION_COOKIE = "better-auth.session_token"
+SECURE_SESSION_COOKIE = "__Secure-better-auth.session_token"
+ADMIN_SESSION_COOKIE = "better-auth.admin_session"
+CLEARED_COOKIES = (SESSION_COOKIE, ADMIN_SESSION_COOKIE)
+RESET_TOKEN_SECONDS = 3600
+VERIFY_TOKEN_SECONDS = 86400
+IMPERSONATION_SECONDS = 3600
+HASH_CONCURRENCY = 2
+TOKEN_RE = re.compile(r"[A-Za-z0-9]{32}")
+USER_COLUMNS = ("id, name, email, email_verified, image, created_at, updated_at, role, banned, ban_reason, "
+                "ban_expires, two_factor_enabled")
+SESSION_COLUMNS = ("id, token, user_id, expires_at, created_at, updated_at, ip_address, user_agent, "
+                   "impersonated_by, active_organization_id")
+DEFAULT_TEMPLATES = {
+    "verifyEmail": ("Verify your email address for {appName}",
+                    "Hello {name},\n\nplease confirm your email address for {appName} by opening this link:\n\n"
+                    "{url}\n\nThe link expires in {expiresMinutes} minutes. If you did not sign up, ignore this "
+                    "message.\n"),
+    "resetPassword": ("Reset your password for {appName}",
+                      "Hello {name},\n\nsomeone asked to reset the password of your {appName} account. To choose "
+                      "a new password, open this link:\n\n{url}\n\nThe link expires in {expiresMinutes} minutes. "
+                      "If you did not ask for it, ignore this message.\n"),
+}
+
+
+def password_limits(auth):
+    """(min, max) password length of the emailAndPassword strategy (default 8..128)."""
+    for s in (auth or {}).get("strategies", []):
+        if s["type"] == "emailAndPassword":
+            return s["minPasswordLength"], s["maxPasswordLength"]
+    return 8, 128
+
+
+def user_object(row):
+    """The user object of API.md §13.1 from a users row (USER_COLUMNS order)."""
+    uid, name, email, verified, image, created, updated, role, banned, reason, expires, tfa = row
+    return {"id": uid, "name": name, "email": email, "emailVerified": bool(verified), "image": image,
+            "createdAt": created, "updatedAt": updated, "role": role, "banned": bool(banned),
+            "banReason": reason, "banExpires": expires, "twoFactorEnabled": bool(tfa)}
+
+
+def session_object(row):
+    """The session object of API.md §13.1 from a sessions row (SESSION_COLUMNS order)."""
+    sid, token, uid, expires, created, updated, ip, agent, imp, org = row
+    return {"id": sid, "token": token, "userId": uid, "expiresAt": expires, "createdAt": created,
+            "updatedAt": updated, "ipAddress": ip, "userAgent": agent, "impersonatedBy": imp,
+            "activeOrganizationId": org}
+
+
+def sign_token(secret, token):
+    """`<token>.<base64 HMAC-SHA256(secret, token)>` (API.md §1.5)."""
+    mac = hmac.new(secret.encode("utf-8"), token.encode("utf-8"), hashlib.sha256).digest()
+    return f"{token}.{base64.b64encode(mac).decode('ascii')}"
+
+
+def unsign_token(secret, value):
+    """The token of a signed value, or None when the signature does not verify."""
+    token, _, sig = value.partition(".")
+    if not sig or not TOKEN_RE.fullmatch(token):
+        return None
+    return token if hmac.compare_digest(sign_token(secret, token), value) else None
+
+
+def hash_secret(text):
+    """SHA-256 hex of a one-time secret: verification tokens are never stored in clear."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Passwords:
+    """argon2id hashing with the configured profile; at most HASH_CONCURRENCY hashes at once."""
+
+    def __init__(self, auth, env):
+        profile = env.get("SOVRIUM_ARGON2_PROFILE")
+        conf = (auth or {}).get("argon2") or {"profile": "owasp"}
+        t, m, p = ARGON2_PROFILES[profile or conf.get("profile", "owasp")]
+        if not profile:
+            t, m, p = conf.get("timeCost", t), conf.get("memoryCost", m), conf.get("parallelism", p)
+        self.profile = profile or conf.get("profile", "owasp")
+        self.hasher = argon2.PasswordHasher(time_cost=t, memory_cost=m, parallelism=p, hash_len=32,
+                                            salt_len=16, type=argon2.Type.ID)
+        self.gate = threading.BoundedSemaphore(HASH_CONCURRENCY)
+        self._dummy = None
+
+    def hash(self, password):
+        with self.gate:
+            return self.hasher.hash(password)
+
+    def verify(self, stored, password):
+        """(matches, upgraded hash or None)."""
+        with self.gate:
+            try:
+                self.hasher.verify(stored, password)
+            except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+                return False, None
+            return True, (self.hasher.hash(password) if self.hasher.check_needs_rehash(stored) else None)
+
+    def burn(self, password):
+        """Verify against a dummy hash, so an unknown e-mail costs what a wrong password costs."""
+        if self._dummy is None:
+            self._dummy = self.hash(secrets.token_hex(16))
+        self.verify(self._dummy, password)
+
+
+class RateLimiter:
+    """In-memory fixed windows per (rule, key) (API.md §14); counters belong to one App."""
+
+    def __init__(self, settings, env, clock):
+        conf = settings["rateLimits"]
+        self.enabled = conf["enabled"] and parse_bool_text(env.get("SOVRIUM_RATE_LIMITS", "on")) is not False
+        self.rules = {k: (v["limit"], v["window"]) for k, v in conf.items() if k != "enabled"}
+        self.clock = clock
+        self.windows = {}
+        self.lock = threading.Lock()
+        self.calls = 0
+
+    def active(self, rule):
+        return self.enabled and self.rules.get(rule, (0, 0))[0] > 0
+
+    def peek(self, rule, key):
+        """(allowed, limit, remaining, reset seconds) without counting."""
+        return self._check(rule, key, count=False)
+
+    def hit(self, rule, key):
+        """Count one request; (allowed, limit, remaining, reset seconds). Refused requests are not counted."""
+        return self._check(rule, key, count=True)
+
+    def _check(self, rule, key, count):
+        limit, window = self.rules[rule]
+        now = self.clock().timestamp()
+        with self.lock:
+            self.calls += 1
+            if self.calls % 1000 == 0:
+                self.windows = {k: w for k, w in self.windows.items() if w[0] + self.rules[k[0]][1] > now}
+            w = self.windows.get((rule, key))
+            if w is None or w[0] + window <= now:
+                w = self.windows[(rule, key)] = [now, 0]
+            reset = max(1, math.ceil(w[0] + window - now))
+            if w[1] >= limit:
+                return False, limit, 0, reset
+            if count:
+                w[1] += 1
+            return True, limit, limit - w[1], reset
+
+
+class Mailer:
+    """E-mail: stored in mail_outbox; sent by SMTP from a background queue when SMTP_URL is set."""
+
+    def __init__(self, app):
+        self.app = app
+        self.url = app.env.get("SMTP_URL")
+        self.queue = collections.deque()
+        self.cv = threading.Condition()
+        self.thread = None
+        self.closed = False
+        host = re.match(r"^https?://([^/:]+)", app.base_url)
+        self.sender = app.env.get("SMTP_FROM") or f"{app.schema.name} <no-reply@{host.group(1) if host else 'localhost'}>"
+
+    def render(self, template, **values):
+        """(subject, text) of a template with {placeholders} filled (unknown ones stay as written)."""
+        custom = ((self.app.schema.auth or {}).get("emailTemplates") or {}).get(template) or {}
+        subject, text = DEFAULT_TEMPLATES[template]
+        subject, text = custom.get("subject") or subject, custom.get("text") or text
+        values = {"appName": self.app.schema.name, **{k: "" if v is None else str(v) for k, v in values.items()}}
+        fill = lambda s: re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), s)
+        return fill(subject), fill(text)
+
+    def store(self, txn, to, subject, body):
+        """Record a message in the open transaction; it is announced or sent after the commit."""
+        txn.execute("INSERT INTO mail_outbox (to_addr, subject, body, status, created_at) VALUES (?, ?, ?, 'queued', ?)",
+                    (to, subject, body, txn.now))
+        return txn.conn.last_insert_rowid()
+
+    def dispatch(self, ids):
+        """After the commit: log the outbox line (outbox mode) or hand the messages to the sender thread."""
+        if not ids:
+            return
+        if not self.url:
+            with self.app.db.read() as conn:
+                rows = conn.execute(f"SELECT to_addr, subject, body FROM mail_outbox WHERE id IN "
+                                    f"({', '.join('?' * len(ids))})", ids).fetchall()
+            for to, subject, body in rows:
+                link = re.search(r"https?://\S+", body)
+                code = re.search(r"\b\d{4,10}\b", body) if not link else None
+                fields = {"to": to, "subject": subject}
+                if link:
+                    fields["link"] = link.group(0)
+                elif code:
+                    fields["code"] = code.group(0)
+                self.app.log("mail", **fields)
+            return
+        with self.cv:
+            self.queue.extend(ids)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="sovrium-mail", daemon=True)
+                self.thread.start()
+            self.cv.notify()
+
+    def _run(self):
+        while True:
+            with self.cv:
+                while not self.queue and not self.closed:
+                    self.cv.wait()
+                if not self.queue:
+                    return
+                mid = self.queue.popleft()
+            self._deliver(mid)
+
+    def _deliver(self, mid):
+        with self.app.db.read() as conn:
+            rows = conn.execute("SELECT to_addr, subject, body FROM mail_outbox WHERE id = ?", (mid,)).fetchall()
+        if not rows:
+            return
+        to, subject, body = rows[0]
+        error = None
+        try:
+            send_smtp(self.url, self.sender, to, subject, body)
+        except Exception as exc:   # delivery failures are recorded, never raised to a request
+            error = f"{type(exc).__name__}: {exc}"
+            self.app.log("mail-failed", "error", to=to, subject=subject, error=error)
+        now = format_ts(self.app.clock())
+        self.app.db.submit(lambda txn: txn.execute(
+            "UPDATE mail_outbox SET status = ?, error = ?, sent_at = ? WHERE id = ?",
+            ("failed" if error else "sent", error, None if error else now, mid)))
+
+    def close(self):
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        if self.thread is not None:
+            self.thread.join(5)
+
+
+def send_smtp(url, sender, to, subject, body):
+    """Send one plain-text UTF-8 message through the server named by SMTP_URL (OPERATIONS.md §10)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid()
+    msg.set_content(body, charset="utf-8")
+    port = parts.port or (465 if parts.scheme == "smtps" else 25)
+    cls = smtplib.SMTP_SSL if parts.scheme == "smtps" else smtplib.SMTP
+    with cls(parts.hostname, port, timeout=30) as smtp:
+        if parts.scheme == "smtp" and query.get("starttls", ["false"])[0] == "true":
+            smtp.starttls()
+        if parts.username:
+            smtp.login(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+        smtp.send_message(msg)
+
+
+def ensure_auth_secret(app):
+    """AUTH_SECRET from the environment, or generated once and stored in `meta` (OPERATIONS.md §3)."""
+    secret = app.env.get("AUTH_SECRET")
+    if secret:
+        if len(secret) < 32:
+            app.warnings.append({"path": "", "message": "AUTH_SECRET is shorter than 32 characters",
+                                 "dataLoss": False})
+        return secret
+    with app.db.read() as conn:
+        rows = conn.execute("SELECT value FROM meta WHERE key = 'auth_secret'").fetchall()
+    if rows:
+        return rows[0][0]
+    secret = secrets.token_urlsafe(32)
+
+    def store(txn):
+        txn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('auth_secret', ?)", (secret,))
+        return txn.execute("SELECT value FROM meta WHERE key = 'auth_secret'").fetchall()[0][0]
+    with app.db.write() as txn:
+        secret = store(txn)
+    app.warnings.append({"path": "", "message": "AUTH_SECRET is not set; a generated secret is stored in the "
+                                                "database (set AUTH_SECRET in production)", "dataLoss": False})
+    return secret
+
+
+def request_cookies(environ):
+    """The request's cookies as a dict (last value wins; unparseable pairs are ignored)."""
+    out = {}
+    for part in environ.get("HTTP_COOKIE", "").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            out[name] = urllib.parse.unquote(value.strip().strip('"'))
+    return out
+
+
+def credential(environ, cookies, secret):
+    """(token, via) from `Authorization: Bearer` (wins) or the session cookie; (None, None) otherwise."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if auth[:7].lower() == "bearer ":
+        value = auth[7:].strip()
+        if TOKEN_RE.fullmatch(value):
+            return value, "bearer"
+        return unsign_token(secret, value), "bearer"
+    for name in (SESSION_COOKIE, SECURE_SESSION_COOKIE):
+        if name in cookies:
+            return unsign_token(secret, cookies[name]), "cookie"
+    return None, None
+
+
+def load_session(conn, token, now):
+    """(session dict, user dict) of a live session token, or None (expired, banned, unknown)."""
+    rows = conn.execute(f"SELECT {', '.join('s.' + c.strip() for c in SESSION_COLUMNS.split(','))}, "
+                        f"{', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))} "
+                        f"FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token = ?", (token,)).fetchall()
+    if not rows:
+        return None
+    row = rows[0]
+    session, user = session_object(row[:10]), user_object(row[10:])
+    if session["expiresAt"] <= now:
+        return None
+    if user["banned"] and (user["banExpires"] is None or user["banExpires"] > now):
+        return None
+    return session, user
+
+
+def actor_of(schema, user):
+    """The Actor of a signed-in user; a stored role that is not configured counts as viewer."""
+    role = user["role"] if user["role"] in schema.roles else "viewer"
+    return Actor("user", user, role)
+
+###############################################################################
+# 10. Permissions #############################################################
 ###############################################################################
 
 
@@ -5125,7 +5455,7 @@ def permissions_report(actor, table):
     }
 
 ###############################################################################
-# 10. Query compiler ##########################################################
+# 11. Query compiler ##########################################################
 ###############################################################################
 
 CTX_PREFIX = "WITH _ctx(now) AS (SELECT ?) "
@@ -5464,7 +5794,7 @@ def _prepare_selects(schema, ck):
         conn.close()
 
 ###############################################################################
-# 11. Records #################################################################
+# 12. Records #################################################################
 ###############################################################################
 
 READONLY_KEYS = ("id", "createdAt", "updatedAt", "createdBy", "updatedBy", "deletedAt", "deletedBy")
@@ -5494,6 +5824,9 @@ class Ctx:
         self.db = app.db
         self.settings = self.schema.settings
         self.now = format_ts(app.clock())
+        self.session = self.ip = self.user_agent = self.admin_session_token = None
+        self.trusted_origins = app.static_origins
+        self.effects = {}
 
     def read(self):
         """A time-limited read transaction."""
@@ -6158,7 +6491,743 @@ def tables_permissions(ctx, table_ref):
     return permissions_report(ctx.actor, table)
 
 ###############################################################################
-# 12. Application and embedding API ###########################################
+# 13. Accounts and sessions ###################################################
+###############################################################################
+
+PASSWORD_RESET_MESSAGE = "If this email exists in our system, check your email for the reset link"
+NOT_UPDATABLE = ("email", "emailVerified", "role", "banned", "password")
+
+
+def _require_auth(ctx):
+    if ctx.schema.auth is None:
+        raise NotFoundError("Route not found")
+
+
+def _strategy(ctx, kind):
+    """The configured strategy of `kind` or 404 Route not found (API.md §13)."""
+    _require_auth(ctx)
+    for s in ctx.schema.auth["strategies"]:
+        if s["type"] == kind:
+            return s
+    raise NotFoundError("Route not found")
+
+
+def _member(body, name, kind="string", required=True):
+    """A body member of the expected JSON type (API.md §13.1 messages); None when absent and optional."""
+    if name not in body or body[name] is None:
+        if required:
+            raise field_error(name, f"Field '{name}' is required")
+        return None
+    value = body[name]
+    ok = {"string": isinstance(value, str), "boolean": isinstance(value, bool),
+          "integer": isinstance(value, int) and not isinstance(value, bool)}[kind]
+    if not ok:
+        article = "an" if kind == "integer" else "a"
+        raise field_error(name, f"Field '{name}' must be {article} {kind}")
+    return value
+
+
+def _auth_error(status, reason, message, field=None):
+    cls = {400: ValidationError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
+           409: ConflictError}[status]
+    if status == 400:
+        return cls(message, [{"field": field, "message": message}], reason=reason)
+    return cls(message, reason=reason)
+
+
+def _email(value, field="email"):
+    email_addr = value.strip().lower()
+    if len(email_addr) > 254 or not EMAIL_RE.fullmatch(email_addr):
+        raise _auth_error(400, "INVALID_EMAIL", "Invalid email address", field)
+    return email_addr
+
+
+def _password(ctx, value, field):
+    lo, hi = password_limits(ctx.schema.auth)
+    if len(value) < lo:
+        raise _auth_error(400, "PASSWORD_TOO_SHORT", f"Password must be at least {lo} characters", field)
+    if len(value) > hi:
+        raise _auth_error(400, "PASSWORD_TOO_LONG", f"Password must be at most {hi} characters", field)
+    return value
+
+
+def _name(value, field="name"):
+    name = value.strip()
+    if not 1 <= len(name) <= 255:
+        raise field_error(field, f"Field '{field}' must be between 1 and 255 characters")
+    return name
+
+
+def _image(value, field="image"):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+\S*", value, re.I) or len(value) > 2048:
+        raise field_error(field, f"Field '{field}' must be an http or https URL")
+    return value
+
+
+def _redirect(ctx, value, field):
+    """A redirect target: a relative path with one leading / or an absolute URL of a trusted origin."""
+    if value is None:
+        return None
+    if value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    m = re.match(r"^(https?://[^/?#]+)", value, re.I)
+    if m and m.group(1).lower() in ctx.trusted_origins:
+        return value
+    raise _auth_error(400, "INVALID_CALLBACK_URL", "Invalid redirect URL", field)
+
+
+def _with_query(url, **params):
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _user_row(conn, where, params):
+    rows = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE {where}", params).fetchall()
+    return user_object(rows[0]) if rows else None
+
+
+def _password_hash(conn, user_id):
+    rows = conn.execute("SELECT password FROM accounts WHERE user_id = ? AND provider_id = 'credential'",
+                        (user_id,)).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _new_session(ctx, txn, user_id, seconds=None, impersonated_by=None):
+    """Create a session in the open transaction → session object."""
+    seconds = seconds or ctx.schema.auth["session"]["expiresIn"]
+    expires = format_ts(parse_ts(txn.now) + datetime.timedelta(seconds=seconds))
+    row = (new_id(), new_id(), user_id, expires, txn.now, txn.now, ctx.ip, ctx.user_agent, impersonated_by, None)
+    txn.execute(f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    return session_object(row)
+
+
+def _signed_in(ctx, session, remember=True):
+    """Record that the response must carry the session cookie and set-auth-token."""
+    ctx.effects["session"] = (session["token"], ctx.schema.auth["session"]["expiresIn"] if remember else None)
+
+
+def _create_user(ctx, txn, email_addr, name, password_hash, role, verified=False, image=None):
+    """Insert a user (and its credential account) → user object; 409 when the e-mail exists."""
+    if txn.execute("SELECT 1 FROM users WHERE email = ?", (email_addr,)).fetchall():
+        raise _auth_error(409, "USER_ALREADY_EXISTS", "User already exists")
+    uid = new_id()
+    txn.execute(f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL, 0)",
+                (uid, name, email_addr, 1 if verified else 0, image, txn.now, txn.now, role))
+    if password_hash is not None:
+        txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, updated_at) "
+                    "VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, password_hash, txn.now, txn.now))
+    return _user_row(txn.conn, "id = ?", (uid,))
+
+
+def _send_verification(ctx, txn, user, callback=None):
+    token = new_id()
+    txn.execute("DELETE FROM verifications WHERE identifier = ?", (f"verify-email:{user['id']}",))
+    txn.execute("INSERT INTO verifications (id, identifier, value, data, expires_at, created_at) VALUES "
+                "(?, ?, ?, ?, ?, ?)", (new_id(), f"verify-email:{user['id']}", hash_secret(token),
+                                      dumps({"userId": user["id"]}),
+                                      format_ts(parse_ts(txn.now) + datetime.timedelta(seconds=VERIFY_TOKEN_SECONDS)),
+                                      txn.now))
+    params = {"token": token}
+    if callback:
+        params["callbackURL"] = callback
+    url = f"{ctx.app.base_url}/api/auth/verify-email?" + urllib.parse.urlencode(params)
+    subject, text = ctx.app.mailer.render("verifyEmail", name=user["name"], email=user["email"], url=url,
+                                          expiresMinutes=VERIFY_TOKEN_SECONDS // 60)
+    ctx.effects.setdefault("mail", []).append(ctx.app.mailer.store(txn, user["email"], subject, text))
+
+
+def _consume_token(txn, prefix, token):
+    """The data of a valid one-time token (deleted on use), or None."""
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
+        return None
+    rows = txn.execute("SELECT id, identifier, data, expires_at FROM verifications WHERE value = ? AND "
+                       "identifier LIKE ?", (hash_secret(token), prefix + ":%")).fetchall()
+    if not rows:
+        return None
+    vid, _, data, expires = rows[0]
+    txn.execute("DELETE FROM verifications WHERE id = ?", (vid,))
+    return json.loads(data) if expires > txn.now else None
+
+
+def finish_auth(ctx):
+    """After the commit: announce or send the e-mails the call produced."""
+    ctx.app.mailer.dispatch(ctx.effects.get("mail"))
+
+
+def auth_sign_up(ctx, body):
+    """POST /api/auth/sign-up/email (API.md §13.2)."""
+    strategy = _strategy(ctx, "emailAndPassword")
+    name = _name(_member(body, "name"))
+    email_addr = _email(_member(body, "email"))
+    password = _password(ctx, _member(body, "password"), "password")
+    image = _image(_member(body, "image", required=False))
+    callback = _redirect(ctx, _member(body, "callbackURL", required=False), "callbackURL")
+    remember = _member(body, "rememberMe", "boolean", required=False)
+    if ctx.schema.auth["disableSignUp"]:
+        raise _auth_error(403, "SIGN_UP_DISABLED", "Sign-up is disabled")
+    hashed = ctx.app.passwords.hash(password)
+
+    def write(txn):
+        user = _create_user(ctx, txn, email_addr, name, hashed, ctx.schema.auth["defaultRole"], image=image)
+        if strategy["requireEmailVerification"]:
+            _send_verification(ctx, txn, user, callback)
+            return {"token": None, "user": user}
+        if not strategy["autoSignIn"]:
+            return {"token": None, "user": user}
+        session = _new_session(ctx, txn, user["id"])
+        _signed_in(ctx, session, remember is not False)
+        return {"token": session["token"], "user": user}
+    out = ctx.transact(write)
+    finish_auth(ctx)
+    return out
+
+
+def auth_sign_in(ctx, body):
+    """POST /api/auth/sign-in/email (API.md §13.2)."""
+    strategy = _strategy(ctx, "emailAndPassword")
+    email_addr = _email(_member(body, "email"))
+    password = _member(body, "password")
+    callback = _redirect(ctx, _member(body, "callbackURL", required=False), "callbackURL")
+    remember = _member(body, "rememberMe", "boolean", required=False)
+    limiter = ctx.app.limiter
+    if limiter.active("signInAccount"):
+        allowed, limit, _, reset = limiter.peek("signInAccount", email_addr)
+        if not allowed:
+            raise RateLimitedError(headers={"Retry-After": str(reset)})
+    with ctx.read() as conn:
+        user = _user_row(conn, "email = ?", (email_addr,))
+        stored = _password_hash(conn, user["id"]) if user else None
+    if stored is None:
+        ctx.app.passwords.burn(password)
+        ok, upgraded = False, None
+    else:
+        ok, upgraded = ctx.app.passwords.verify(stored, password)
+    if not ok:
+        if limiter.active("signInAccount"):
+            limiter.hit("signInAccount", email_addr)
+        raise _auth_error(401, "INVALID_EMAIL_OR_PASSWORD", "Invalid email or password")
+    now = ctx.now
+    if user["banned"] and (user["banExpires"] is None or user["banExpires"] > now):
+        raise _auth_error(403, "BANNED_USER", "You have been banned from this application")
+
+    def write(txn):
+        if user["banned"]:     # an expired ban is lifted on the next sign-in
+            txn.execute("UPDATE users SET banned = 0, ban_reason = NULL, ban_expires = NULL, updated_at = ? "
+                        "WHERE id = ?", (txn.now, user["id"]))
+        if upgraded:
+            txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND "
+                        "provider_id = 'credential'", (upgraded, txn.now, user["id"]))
+        if strategy["requireEmailVerification"] and not user["emailVerified"]:
+            _send_verification(ctx, txn, user, callback)
+            return None
+        session = _new_session(ctx, txn, user["id"])
+        _signed_in(ctx, session, remember is not False)
+        fresh = _user_row(txn.conn, "id = ?", (user["id"],))
+        if callback:
+            return {"redirect": True, "token": session["token"], "url": callback, "user": fresh}
+        return {"redirect": False, "token": session["token"], "user": fresh}
+    out = ctx.transact(write)
+    finish_auth(ctx)
+    if out is None:
+        raise _auth_error(403, "EMAIL_NOT_VERIFIED", "Email not verified")
+    return out
+
+
+def auth_sign_out(ctx):
+    """POST /api/auth/sign-out: deletes the current session, expires the auth cookies."""
+    _require_auth(ctx)
+    if ctx.session:
+        ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE id = ?", (ctx.session["id"],)))
+    ctx.effects["clear"] = True
+    return {"success": True}
+
+
+def _signed_in_user(ctx):
+    _require_auth(ctx)
+    if ctx.session is None:
+        raise UnauthorizedError()
+    return ctx.actor.user
+
+
+def auth_get_session(ctx):
+    """GET/POST /api/auth/get-session → {"session", "user"} or None."""
+    _require_auth(ctx)
+    if ctx.session is None:
+        return None
+    return {"session": ctx.session, "user": ctx.actor.user}
+
+
+def auth_list_sessions(ctx):
+    """GET /api/auth/list-sessions: the caller's live sessions, newest first."""
+    user = _signed_in_user(ctx)
+    with ctx.read() as conn:
+        rows = conn.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? "
+                            f"ORDER BY created_at DESC, id DESC", (user["id"], ctx.now)).fetchall()
+    return [session_object(r) for r in rows]
+
+
+def auth_revoke_session(ctx, body):
+    """POST /api/auth/revoke-session {"token"}: only the caller's own sessions."""
+    user = _signed_in_user(ctx)
+    token = _member(body, "token")
+    ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE token = ? AND user_id = ?", (token, user["id"])))
+    if token == ctx.session["token"]:
+        ctx.effects["clear"] = True
+    return {"status": True}
+
+
+def auth_revoke_sessions(ctx, keep_current=False):
+    """POST /api/auth/revoke-sessions (or revoke-other-sessions with keep_current)."""
+    user = _signed_in_user(ctx)
+    if keep_current:
+        ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE user_id = ? AND id <> ?",
+                                             (user["id"], ctx.session["id"])))
+    else:
+        ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],)))
+        ctx.effects["clear"] = True
+    return {"status": True}
+
+
+def auth_change_password(ctx, body):
+    """POST /api/auth/change-password (API.md §13.4)."""
+    _strategy(ctx, "emailAndPassword")
+    user = _signed_in_user(ctx)
+    current = _member(body, "currentPassword")
+    new = _password(ctx, _member(body, "newPassword"), "newPassword")
+    revoke = _member(body, "revokeOtherSessions", "boolean", required=False)
+    with ctx.read() as conn:
+        stored = _password_hash(conn, user["id"])
+    if stored is None or not ctx.app.passwords.verify(stored, current)[0]:
+        raise _auth_error(400, "INVALID_PASSWORD", "Invalid password", "currentPassword")
+    hashed = ctx.app.passwords.hash(new)
+
+    def write(txn):
+        txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND provider_id = 'credential'",
+                    (hashed, txn.now, user["id"]))
+        token = None
+        if revoke:
+            txn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],))
+            session = _new_session(ctx, txn, user["id"])
+            _signed_in(ctx, session)
+            token = session["token"]
+        return {"token": token, "user": _user_row(txn.conn, "id = ?", (user["id"],))}
+    return ctx.transact(write)
+
+
+def auth_request_password_reset(ctx, body):
+    """POST /api/auth/request-password-reset: the same answer whether or not the e-mail exists."""
+    _strategy(ctx, "emailAndPassword")
+    email_addr = _email(_member(body, "email"))
+    redirect = _redirect(ctx, _member(body, "redirectTo", required=False), "redirectTo") or "/"
+    _email_send_account(ctx, email_addr)
+
+    def write(txn):
+        user = _user_row(txn.conn, "email = ?", (email_addr,))
+        if user is None:
+            return
+        token = new_id()
+        ident = f"reset-password:{user['id']}"
+        txn.execute("DELETE FROM verifications WHERE identifier = ?", (ident,))
+        txn.execute("INSERT INTO verifications (id, identifier, value, data, expires_at, created_at) VALUES "
+                    "(?, ?, ?, ?, ?, ?)", (new_id(), ident, hash_secret(token), dumps({"userId": user["id"]}),
+                                          format_ts(parse_ts(txn.now) + datetime.timedelta(seconds=RESET_TOKEN_SECONDS)),
+                                          txn.now))
+        url = (f"{ctx.app.base_url}/api/auth/reset-password/{token}?"
+               + urllib.parse.urlencode({"callbackURL": redirect}))
+        subject, text = ctx.app.mailer.render("resetPassword", name=user["name"], email=user["email"], url=url,
+                                              expiresMinutes=RESET_TOKEN_SECONDS // 60)
+        ctx.effects.setdefault("mail", []).append(ctx.app.mailer.store(txn, user["email"], subject, text))
+    ctx.transact(write)
+    finish_auth(ctx)
+    return {"status": True, "message": PASSWORD_RESET_MESSAGE}
+
+
+def _email_send_account(ctx, email_addr):
+    limiter = ctx.app.limiter
+    if limiter.active("emailSendAccount"):
+        allowed, _, _, reset = limiter.hit("emailSendAccount", email_addr)
+        if not allowed:
+            raise RateLimitedError(headers={"Retry-After": str(reset)})
+
+
+def auth_reset_password_link(ctx, token, params):
+    """GET /api/auth/reset-password/{token}?callbackURL=… → the redirect URL (API.md §13.4)."""
+    _strategy(ctx, "emailAndPassword")
+    callback = params.get("callbackURL")
+    if not callback:
+        raise field_error("callbackURL", "Field 'callbackURL' is required")
+    callback = _redirect(ctx, callback, "callbackURL")
+    valid = False
+    if TOKEN_RE.fullmatch(token or ""):
+        with ctx.read() as conn:
+            valid = bool(conn.execute("SELECT 1 FROM verifications WHERE value = ? AND identifier LIKE "
+                                      "'reset-password:%' AND expires_at > ?", (hash_secret(token), ctx.now)).fetchall())
+    return _with_query(callback, token=token) if valid else _with_query(callback, error="INVALID_TOKEN")
+
+
+def auth_reset_password(ctx, body, params):
+    """POST /api/auth/reset-password {"newPassword", "token"}: single use; signs the user out everywhere."""
+    _strategy(ctx, "emailAndPassword")
+    if "token" not in body and params.get("token"):
+        body = {**body, "token": params["token"]}
+    new = _password(ctx, _member(body, "newPassword"), "newPassword")
+    token = _member(body, "token")
+    hashed = ctx.app.passwords.hash(new)
+
+    def write(txn):
+        data = _consume_token(txn, "reset-password", token)
+        if data is None:
+            return False
+        uid = data["userId"]
+        if txn.execute("SELECT 1 FROM accounts WHERE user_id = ? AND provider_id = 'credential'", (uid,)).fetchall():
+            txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND "
+                        "provider_id = 'credential'", (hashed, txn.now, uid))
+        else:
+            txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, "
+                        "updated_at) VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, hashed, txn.now, txn.now))
+        txn.execute("DELETE FROM sessions WHERE user_id = ?", (uid,))
+        return True
+    if not ctx.transact(write):
+        raise _auth_error(400, "INVALID_TOKEN", "Invalid or expired token", "token")
+    return {"status": True}
+
+
+def auth_send_verification_email(ctx, body):
+    """POST /api/auth/send-verification-email: always {"status": true}."""
+    _require_auth(ctx)
+    email_addr = _email(_member(body, "email"))
+    callback = _redirect(ctx, _member(body, "callbackURL", required=False), "callbackURL")
+    _email_send_account(ctx, email_addr)
+
+    def write(txn):
+        user = _user_row(txn.conn, "email = ?", (email_addr,))
+        if user is not None and not user["emailVerified"]:
+            _send_verification(ctx, txn, user, callback)
+    ctx.transact(write)
+    finish_auth(ctx)
+    return {"status": True}
+
+
+def auth_verify_email(ctx, params):
+    """GET /api/auth/verify-email?token=…&callbackURL=… → (body or None, redirect URL or None)."""
+    _require_auth(ctx)
+    callback = params.get("callbackURL") or None
+    if callback:
+        callback = _redirect(ctx, callback, "callbackURL")
+
+    def write(txn):
+        data = _consume_token(txn, "verify-email", params.get("token"))
+        if data is None:
+            return None
+        txn.execute("UPDATE users SET email_verified = 1, updated_at = ? WHERE id = ?", (txn.now, data["userId"]))
+        user = _user_row(txn.conn, "id = ?", (data["userId"],))
+        if user is None:
+            return None
+        _signed_in(ctx, _new_session(ctx, txn, user["id"]))
+        return user
+    user = ctx.transact(write)
+    if user is None:
+        if callback:
+            return None, _with_query(callback, error="INVALID_TOKEN")
+        raise _auth_error(400, "INVALID_TOKEN", "Invalid or expired token", "token")
+    if callback:
+        return None, callback
+    return {"status": True, "user": user}, None
+
+
+def auth_update_user(ctx, body):
+    """POST /api/auth/update-user {"name"?, "image"?}."""
+    user = _signed_in_user(ctx)
+    for key in NOT_UPDATABLE:
+        if key in body:
+            raise field_error(key, f"Field '{key}' cannot be updated")
+    if "name" not in body and "image" not in body:
+        raise field_error("name", "Field 'name' is required")
+    changes = {}
+    if "name" in body:
+        changes["name"] = _name(_member(body, "name"))
+    if "image" in body:
+        changes["image"] = _image(body["image"])
+
+    def write(txn):
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        txn.execute(f"UPDATE users SET {sets}, updated_at = ? WHERE id = ?", (*changes.values(), txn.now, user["id"]))
+        return {"user": _user_row(txn.conn, "id = ?", (user["id"],))}
+    return ctx.transact(write)
+
+
+# -- administration (API.md §13.11) ---------------------------------------------------------------
+
+ADMIN_SORTS = {"createdAt": "created_at", "updatedAt": "updated_at", "email": "email", "name": "name", "role": "role"}
+ADMIN_FILTERS = {"id": "id", "email": "email", "name": "name", "role": "role", "banned": "banned",
+                 "emailVerified": "email_verified"}
+
+
+def _admin(ctx):
+    _require_auth(ctx)
+    if ctx.actor.anonymous:
+        raise UnauthorizedError()
+    if not ctx.actor.is_admin:
+        raise ForbiddenError()
+
+
+def _target(conn, user_id):
+    if not isinstance(user_id, str):
+        raise _auth_error(404, "USER_NOT_FOUND", "User not found")
+    user = _user_row(conn, "id = ?", (user_id,))
+    if user is None:
+        raise _auth_error(404, "USER_NOT_FOUND", "User not found")
+    return user
+
+
+def _check_role(ctx, role):
+    if role not in ctx.schema.roles:
+        raise field_error("role", f"Unknown role '{role}'")
+    return role
+
+
+def _guard_self_and_last_admin(ctx, conn, target, demote=True):
+    """CANNOT_MODIFY_SELF before LAST_ADMIN (clarification 5)."""
+    if ctx.actor.user and target["id"] == ctx.actor.user["id"]:
+        raise _auth_error(400, "CANNOT_MODIFY_SELF", "You cannot modify your own account this way", "userId")
+    if demote and target["role"] == "admin":
+        admins = conn.execute("SELECT count(*) FROM users WHERE role = 'admin' AND banned = 0").fetchall()[0][0]
+        if admins <= 1:
+            raise _auth_error(400, "LAST_ADMIN", "The last admin cannot be demoted, banned or removed", "userId")
+
+
+def admin_list_users(ctx, params):
+    _admin(ctx)
+    where, args = [], []
+    search = params.get("searchValue")
+    if search:
+        field = params.get("searchField") or "email"
+        if field not in ("email", "name"):
+            raise field_error("searchField", "Expected one of: email, name")
+        op = params.get("searchOperator") or "contains"
+        pattern = {"contains": "%{}%", "starts_with": "{}%", "ends_with": "%{}"}.get(op)
+        if pattern is None:
+            raise field_error("searchOperator", "Expected one of: contains, starts_with, ends_with")
+        where.append(f"{field} LIKE ? ESCAPE '\\'")
+        args.append(pattern.format(_like_escape(search)))
+    if params.get("filterField"):
+        column = ADMIN_FILTERS.get(params["filterField"])
+        if column is None:
+            raise field_error("filterField", "Expected one of: " + ", ".join(ADMIN_FILTERS))
+        value = params.get("filterValue", "")
+        if column in ("banned", "email_verified"):
+            value = 1 if value.lower() in ("true", "1") else 0
+        op = params.get("filterOperator") or "eq"
+        if op not in ("eq", "ne"):
+            raise field_error("filterOperator", "Expected one of: eq, ne")
+        where.append(f"{column} {'=' if op == 'eq' else '<>'} ?")
+        args.append(value)
+    sort = ADMIN_SORTS.get(params.get("sortBy") or "createdAt")
+    if sort is None:
+        raise field_error("sortBy", "Expected one of: " + ", ".join(ADMIN_SORTS))
+    direction = (params.get("sortDirection") or "asc").lower()
+    if direction not in ("asc", "desc"):
+        raise field_error("sortDirection", "Expected one of: asc, desc")
+    limit = query_int(params, "limit", 1, 1000, 100)
+    offset = query_int(params, "offset", 0, MAX_SAFE_INTEGER, 0)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    with ctx.read() as conn:
+        rows = conn.execute(f"SELECT {USER_COLUMNS} FROM users{clause} ORDER BY {sort} {direction}, id {direction} "
+                            f"LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        total = conn.execute(f"SELECT count(*) FROM users{clause}", args).fetchall()[0][0]
+    return {"users": [user_object(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def admin_get_user(ctx, params):
+    _admin(ctx)
+    with ctx.read() as conn:
+        return {"user": _target(conn, params.get("id"))}
+
+
+def admin_create_user(ctx, body):
+    _admin(ctx)
+    email_addr = _email(_member(body, "email"))
+    name = _name(_member(body, "name"))
+    password = _member(body, "password", required=False)
+    role = _check_role(ctx, _member(body, "role", required=False) or "member")
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    image = _image(data.get("image"), "data.image")
+    verified = data.get("emailVerified") is True
+    hashed = ctx.app.passwords.hash(_password(ctx, password, "password")) if password is not None else None
+    return {"user": ctx.transact(lambda txn: _create_user(ctx, txn, email_addr, name, hashed, role, verified, image))}
+
+
+def admin_update_user(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise field_error("data", "Field 'data' is required")
+    changes = {}
+    if "name" in data:
+        changes["name"] = _name(_member(data, "name"), "data.name")
+    if "image" in data:
+        changes["image"] = _image(data["image"], "data.image")
+    if "email" in data:
+        changes["email"] = _email(_member(data, "email"), "data.email")
+    if "emailVerified" in data:
+        changes["email_verified"] = 1 if _member(data, "emailVerified", "boolean") else 0
+
+    def write(txn):
+        _target(txn.conn, uid)
+        if "email" in changes and txn.execute("SELECT 1 FROM users WHERE email = ? AND id <> ?",
+                                              (changes["email"], uid)).fetchall():
+            raise _auth_error(409, "USER_ALREADY_EXISTS", "User already exists")
+        if changes:
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            txn.execute(f"UPDATE users SET {sets}, updated_at = ? WHERE id = ?", (*changes.values(), txn.now, uid))
+        return {"user": _user_row(txn.conn, "id = ?", (uid,))}
+    return ctx.transact(write)
+
+
+def admin_set_role(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+    role = _check_role(ctx, _member(body, "role"))
+
+    def write(txn):
+        target = _target(txn.conn, uid)
+        _guard_self_and_last_admin(ctx, txn.conn, target, demote=role != "admin")
+        txn.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, txn.now, uid))
+        return {"user": _user_row(txn.conn, "id = ?", (uid,))}
+    return ctx.transact(write)
+
+
+def admin_ban_user(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+    reason = _member(body, "banReason", required=False)
+    expires_in = _member(body, "banExpiresIn", "integer", required=False)
+    if expires_in is not None and expires_in < 1:
+        raise field_error("banExpiresIn", "Field 'banExpiresIn' must be at least 1")
+
+    def write(txn):
+        target = _target(txn.conn, uid)
+        _guard_self_and_last_admin(ctx, txn.conn, target)
+        expires = (format_ts(parse_ts(txn.now) + datetime.timedelta(seconds=expires_in))
+                   if expires_in is not None else None)
+        txn.execute("UPDATE users SET banned = 1, ban_reason = ?, ban_expires = ?, updated_at = ? WHERE id = ?",
+                    (reason, expires, txn.now, uid))
+        txn.execute("DELETE FROM sessions WHERE user_id = ?", (uid,))
+        return {"user": _user_row(txn.conn, "id = ?", (uid,))}
+    return ctx.transact(write)
+
+
+def admin_unban_user(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+
+    def write(txn):
+        _target(txn.conn, uid)
+        txn.execute("UPDATE users SET banned = 0, ban_reason = NULL, ban_expires = NULL, updated_at = ? WHERE id = ?",
+                    (txn.now, uid))
+        return {"user": _user_row(txn.conn, "id = ?", (uid,))}
+    return ctx.transact(write)
+
+
+def admin_list_user_sessions(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+    with ctx.read() as conn:
+        _target(conn, uid)
+        rows = conn.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? "
+                            f"ORDER BY created_at DESC, id DESC", (uid, ctx.now)).fetchall()
+    return {"sessions": [session_object(r) for r in rows]}
+
+
+def admin_revoke_user_session(ctx, body):
+    _admin(ctx)
+    token = _member(body, "sessionToken")
+    ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE token = ?", (token,)))
+    return {"success": True}
+
+
+def admin_revoke_user_sessions(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+
+    def write(txn):
+        _target(txn.conn, uid)
+        txn.execute("DELETE FROM sessions WHERE user_id = ?", (uid,))
+    ctx.transact(write)
+    return {"success": True}
+
+
+def admin_remove_user(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+
+    def write(txn):
+        target = _target(txn.conn, uid)
+        _guard_self_and_last_admin(ctx, txn.conn, target)
+        for table in ("sessions", "accounts", "members", "two_factors", "trusted_devices"):
+            txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (uid,))
+        txn.execute("DELETE FROM verifications WHERE identifier LIKE ?", (f"%:{uid}",))
+        txn.execute("DELETE FROM users WHERE id = ?", (uid,))
+    ctx.transact(write)
+    return {"success": True}
+
+
+def admin_set_user_password(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+    hashed = ctx.app.passwords.hash(_password(ctx, _member(body, "newPassword"), "newPassword"))
+
+    def write(txn):
+        _target(txn.conn, uid)
+        if txn.execute("SELECT 1 FROM accounts WHERE user_id = ? AND provider_id = 'credential'", (uid,)).fetchall():
+            txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND "
+                        "provider_id = 'credential'", (hashed, txn.now, uid))
+        else:
+            txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, "
+                        "updated_at) VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, hashed, txn.now, txn.now))
+    ctx.transact(write)
+    return {"status": True}
+
+
+def admin_impersonate_user(ctx, body):
+    _admin(ctx)
+    uid = _member(body, "userId")
+
+    def write(txn):
+        target = _target(txn.conn, uid)
+        if target["role"] == "admin":
+            raise _auth_error(403, "CANNOT_IMPERSONATE_ADMIN", "Admins cannot be impersonated")
+        session = _new_session(ctx, txn, uid, IMPERSONATION_SECONDS, impersonated_by=ctx.actor.user["id"])
+        ctx.effects["session"] = (session["token"], IMPERSONATION_SECONDS)
+        if ctx.session is not None:
+            ctx.effects["admin_session"] = ctx.session["token"]
+        return {"session": session, "user": target}
+    return ctx.transact(write)
+
+
+def admin_stop_impersonating(ctx):
+    _require_auth(ctx)
+    if ctx.session is None:
+        raise UnauthorizedError()
+    if not ctx.session["impersonatedBy"]:
+        raise field_error("session", "You are not impersonating anyone")
+    admin_token = ctx.admin_session_token
+    with ctx.read() as conn:
+        found = load_session(conn, admin_token, ctx.now) if admin_token else None
+    if found is None or found[1]["id"] != ctx.session["impersonatedBy"]:
+        raise field_error("session", "The admin session is no longer valid; sign in again")
+    ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE id = ?", (ctx.session["id"],)))
+    session, user = found
+    ctx.effects["session"] = (session["token"], ctx.schema.auth["session"]["expiresIn"])
+    ctx.effects["clear_admin"] = True
+    return {"session": session, "user": user}
+
+###############################################################################
+# 14. Application and embedding API ###########################################
 ###############################################################################
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -6217,6 +7286,7 @@ class App:
         self.clock = clock or utcnow
         self.warnings = []
         self.imported_version = None
+        self.admin_status = None
         self._closed = False
         self._lock = threading.Lock()
         if isinstance(config, dict):
@@ -6238,10 +7308,68 @@ class App:
         except BaseException:
             self.db.close()
             raise
+        self._setup_runtime()
         self.wsgi = build_wsgi(self)
         self._timer = None
         self._schedule_housekeeping(HOUSEKEEPING_FIRST_DELAY)
         self._server = None
+
+    def _setup_runtime(self):
+        """Rate limits, e-mail, password hashing and startup steps 6–7 (OPERATIONS.md §4)."""
+        env, schema = self.env, self.schema
+        port = env.get("PORT") or "3000"
+        self.base_url = env.get("BASE_URL") or f"http://localhost:{port}"
+        proxy = env.get("TRUST_PROXY")
+        flag = parse_bool_text(proxy) if proxy else False
+        self.trust_proxy = (int(proxy) if proxy and proxy.isdigit() and int(proxy) > 1 else 1 if flag else 0)
+        origins = set(schema.settings["trustedOrigins"])
+        if schema.auth:
+            origins.update(schema.auth["trustedOrigins"])
+        if env.get("BASE_URL"):
+            m = re.match(r"^(https?://[^/]+)", env["BASE_URL"])
+            if m:
+                origins.add(m.group(1).lower())
+        self.static_origins = frozenset(origins)
+        self.limiter = RateLimiter(schema.settings, env, self.clock)
+        self.mailer = Mailer(self)
+        self.passwords = Passwords(schema.auth, env) if schema.auth else None
+        self.auth_secret = None
+        if schema.auth:
+            if self.passwords.profile == "test":
+                self.warnings.append({"path": "", "message": "the argon2 'test' profile is in use; never use it "
+                                                            "in production", "dataLoss": False})
+            self.auth_secret = ensure_auth_secret(self)
+            self._first_admin()
+
+    def _first_admin(self):
+        """Startup step 7: AUTH_ADMIN_EMAIL/AUTH_ADMIN_PASSWORD create the first admin once."""
+        env = self.env
+        if not (env.get("AUTH_ADMIN_EMAIL") and env.get("AUTH_ADMIN_PASSWORD")):
+            return
+        try:
+            check_admin_variables(env, self.schema.auth)
+        except UsageError as exc:
+            raise StartupError(str(exc), 2) from None
+        email_addr = env["AUTH_ADMIN_EMAIL"].strip().lower()
+        with self.db.read() as conn:
+            exists = conn.execute("SELECT id FROM users WHERE email = ?", (email_addr,)).fetchall()
+        if exists:
+            self.admin_status = "existing"
+            return
+        self.create_user(email_addr, env["AUTH_ADMIN_PASSWORD"], env.get("AUTH_ADMIN_NAME") or "Administrator",
+                         role="admin", verified=True)
+        self.admin_status = "created"
+
+    def create_user(self, email, password, name=None, role="member", verified=False):
+        """Create a user with a password (as the system) → user object (API.md §13.1)."""
+        if self.schema.auth is None:
+            raise NotFoundError("Route not found")
+        ctx = Ctx(self, SYSTEM)
+        email_addr = _email(email)
+        name = _name(name if name is not None else email_addr.split("@")[0])
+        _check_role(ctx, role)
+        hashed = self.passwords.hash(_password(ctx, password, "password"))
+        return ctx.transact(lambda txn: _create_user(ctx, txn, email_addr, name, hashed, role, verified))
 
     # -- configuration --------------------------------------------------------------------------------
     def _activate(self, raw, checked, warnings, allow_data_loss, lease):
@@ -6291,15 +7419,12 @@ class App:
         return UserView(self, user_id)
 
     def actor_for_user(self, user_id):
+        """The Actor of a stored user (role read now; unconfigured roles count as viewer)."""
         with self.db.read() as conn:
-            rows = conn.execute("SELECT id, name, email, role, banned FROM users WHERE id = ?",
-                                (user_id,)).fetchall()
-        if not rows:
+            user = _user_row(conn, "id = ?", (user_id,))
+        if user is None:
             raise NotFoundError("User not found")
-        uid, name, email, role, banned = rows[0]
-        if role not in self.schema.roles:
-            role = "viewer"
-        return Actor("user", {"id": uid, "name": name, "email": email}, role)
+        return actor_of(self.schema, user)
 
     def context(self, actor, request_id=None):
         """A service-call context for `actor`."""
@@ -6406,6 +7531,8 @@ class App:
                 self._timer.cancel()
         if self._server is not None:
             self._server.stop()
+        if getattr(self, "mailer", None) is not None:
+            self.mailer.close()
         self.db.close(checkpoint=checkpoint)
 
     def __enter__(self):
@@ -6517,10 +7644,8 @@ class UserView:
         return TableHandle(self.app, name_or_id, self.actor)
 
 ###############################################################################
-# 13. HTTP layer ##############################################################
+# 15. HTTP layer ##############################################################
 ###############################################################################
-
-import urllib.parse  # noqa: E402
 
 import bottle  # noqa: E402  (only this section knows Bottle)
 
@@ -6540,16 +7665,29 @@ STATUS_TEXT = {200: "200 OK", 201: "201 Created", 202: "202 Accepted", 204: "204
 class Req:
     """What a route handler needs from one HTTP request."""
 
-    def __init__(self, app, environ, request_id, body):
-        self.app, self.environ, self.request_id, self.body = app, environ, request_id, body
+    def __init__(self, app, environ, request_id, body, ip):
+        self.app, self.environ, self.request_id, self.body, self.ip = app, environ, request_id, body, ip
         self.method = environ["REQUEST_METHOD"]
         self.query = {}
         for k, v in _parse_qsl(environ.get("QUERY_STRING", "")):
             self.query[k] = v
+        self.cookies = request_cookies(environ) if environ.get("HTTP_COOKIE") else {}
         self.actor = LOCAL if app.schema.auth is None else ANONYMOUS
+        self.session = None
+        self.via = None
+        self.refresh_cookie = False
+        self._ctx = None
 
     def ctx(self):
-        return Ctx(self.app, self.actor, self.request_id)
+        """The service context of this request (one per request: services record effects on it)."""
+        if self._ctx is None:
+            ctx = self._ctx = Ctx(self.app, self.actor, self.request_id)
+            ctx.session, ctx.ip = self.session, self.ip
+            ctx.user_agent = self.environ.get("HTTP_USER_AGENT")
+            ctx.trusted_origins = self.app.wsgi.trusted_origins(self.environ)
+            admin = self.cookies.get(ADMIN_SESSION_COOKIE)
+            ctx.admin_session_token = unsign_token(self.app.auth_secret, admin) if admin and self.app.auth_secret else None
+        return self._ctx
 
     def json(self, required=True):
         """The JSON body (API.md §1.2): None when absent and optional."""
@@ -6641,6 +7779,82 @@ def route_records_delete(req, t, rid):
     return Response(204)
 
 
+def _auth_route(service, body=None):
+    """A handler for an auth service taking the JSON body (body="required"/"optional") or nothing."""
+    def handler(req):
+        ctx = req.ctx()
+        if body is None:
+            return Response(200, service(ctx))
+        return Response(200, service(ctx, req.json_object(required=body == "required")))
+    handler.__name__ = "route_" + service.__name__
+    return handler
+
+
+def route_auth_ok(req):
+    return Response(200, {"ok": True})
+
+
+def route_auth_get_session(req):
+    return Response(200, RawJson("null") if (out := auth_get_session(req.ctx())) is None else out)
+
+
+def route_auth_revoke_other_sessions(req):
+    return Response(200, auth_revoke_sessions(req.ctx(), keep_current=True))
+
+
+def route_auth_reset_password_link(req, token):
+    return Response(302, None, [("Location", auth_reset_password_link(req.ctx(), token, req.query))])
+
+
+def route_auth_reset_password(req):
+    return Response(200, auth_reset_password(req.ctx(), req.json_object(), req.query))
+
+
+def route_auth_verify_email(req):
+    body, location = auth_verify_email(req.ctx(), req.query)
+    return Response(302, None, [("Location", location)]) if location else Response(200, body)
+
+
+def route_admin_query(service):
+    def handler(req):
+        return Response(200, service(req.ctx(), req.query))
+    handler.__name__ = "route_" + service.__name__
+    return handler
+
+
+AUTH_ROUTES = [
+    ("GET", "/api/auth/ok", route_auth_ok),
+    ("POST", "/api/auth/sign-up/email", _auth_route(auth_sign_up, "required")),
+    ("POST", "/api/auth/sign-in/email", _auth_route(auth_sign_in, "required")),
+    ("POST", "/api/auth/sign-out", _auth_route(auth_sign_out)),
+    ("GET", "/api/auth/get-session", route_auth_get_session),
+    ("POST", "/api/auth/get-session", route_auth_get_session),
+    ("GET", "/api/auth/list-sessions", _auth_route(auth_list_sessions)),
+    ("POST", "/api/auth/revoke-session", _auth_route(auth_revoke_session, "required")),
+    ("POST", "/api/auth/revoke-sessions", _auth_route(auth_revoke_sessions)),
+    ("POST", "/api/auth/revoke-other-sessions", route_auth_revoke_other_sessions),
+    ("POST", "/api/auth/change-password", _auth_route(auth_change_password, "required")),
+    ("POST", "/api/auth/request-password-reset", _auth_route(auth_request_password_reset, "required")),
+    ("GET", "/api/auth/reset-password/<token>", route_auth_reset_password_link),
+    ("POST", "/api/auth/reset-password", route_auth_reset_password),
+    ("POST", "/api/auth/send-verification-email", _auth_route(auth_send_verification_email, "required")),
+    ("GET", "/api/auth/verify-email", route_auth_verify_email),
+    ("POST", "/api/auth/update-user", _auth_route(auth_update_user, "required")),
+    ("GET", "/api/auth/admin/list-users", route_admin_query(admin_list_users)),
+    ("GET", "/api/auth/admin/get-user", route_admin_query(admin_get_user)),
+    ("POST", "/api/auth/admin/create-user", _auth_route(admin_create_user, "required")),
+    ("POST", "/api/auth/admin/update-user", _auth_route(admin_update_user, "required")),
+    ("POST", "/api/auth/admin/set-role", _auth_route(admin_set_role, "required")),
+    ("POST", "/api/auth/admin/ban-user", _auth_route(admin_ban_user, "required")),
+    ("POST", "/api/auth/admin/unban-user", _auth_route(admin_unban_user, "required")),
+    ("POST", "/api/auth/admin/list-user-sessions", _auth_route(admin_list_user_sessions, "required")),
+    ("POST", "/api/auth/admin/revoke-user-session", _auth_route(admin_revoke_user_session, "required")),
+    ("POST", "/api/auth/admin/revoke-user-sessions", _auth_route(admin_revoke_user_sessions, "required")),
+    ("POST", "/api/auth/admin/remove-user", _auth_route(admin_remove_user, "required")),
+    ("POST", "/api/auth/admin/set-user-password", _auth_route(admin_set_user_password, "required")),
+    ("POST", "/api/auth/admin/impersonate-user", _auth_route(admin_impersonate_user, "required")),
+    ("POST", "/api/auth/admin/stop-impersonating", _auth_route(admin_stop_impersonating)),
+]
 RECORD_ROUTES = [
     ("GET", "/api/tables/<t>/records", route_records_list),
     ("POST", "/api/tables/<t>/records", route_records_create),
@@ -6665,7 +7879,7 @@ class SovriumWsgi:
     def __init__(self, app):
         self.app = app
         self.router = bottle.Router()
-        for method, rule, handler in TABLE_ROUTES + RECORD_ROUTES:
+        for method, rule, handler in TABLE_ROUTES + RECORD_ROUTES + AUTH_ROUTES:
             self.router.add(rule, method, handler)
         self.inflight = 0
         self._count_lock = threading.Lock()
@@ -6708,6 +7922,7 @@ class SovriumWsgi:
             return Response(204, None, self.preflight(environ)), None
         if not (path == "/api" or path.startswith("/api/")):
             raise NotFoundError("Route not found")
+        self.check_feature(path)
         try:
             target, args = self.router.match(environ)
         except bottle.HTTPError as exc:
@@ -6719,8 +7934,111 @@ class SovriumWsgi:
                 raise MethodNotAllowedError(headers={"Allow": ", ".join(allow)}) from None
             raise NotFoundError("Route not found") from None
         body = self.read_body(environ, method)
-        req = Req(self.app, environ, rid, body)
-        return target(req, **args), req
+        req = Req(self.app, environ, rid, body, client_ip(environ, self.app.trust_proxy))
+        limits = self.rate_limit(method, path, req.ip)
+        try:
+            self.check_csrf(environ, method, path, req)
+            self.authenticate(req)
+            resp = target(req, **args)
+        except ApiError as exc:
+            exc.headers.update({k: v for k, v in limits if k not in exc.headers})
+            raise
+        resp.headers += limits
+        self.apply_effects(req, resp)
+        return resp, req
+
+    def check_feature(self, path):
+        """Paths of features that are not configured answer 404 for every method (API.md §1.12)."""
+        if path.startswith("/api/auth/") or path == "/api/auth":
+            auth = self.app.schema.auth
+            if auth is None:
+                raise NotFoundError("Route not found")
+            needed = AUTH_STRATEGY_PATHS.get(path) or (
+                "emailAndPassword" if path.startswith("/api/auth/reset-password/") else None)
+            if needed and needed not in {s["type"] for s in auth["strategies"]}:
+                raise NotFoundError("Route not found")
+
+    def rate_limit(self, method, path, ip):
+        """Count the request against its rules; 429 when one is exhausted (API.md §14)."""
+        limiter = self.app.limiter
+        rules = [r for r in rate_rules(method, path) if limiter.active(r)]
+        if not rules:
+            return []
+        checks = [(r, limiter.peek(r, ip)) for r in rules]
+        refused = [(r, c) for r, c in checks if not c[0]]
+        if refused:
+            rule, (_, limit, _, reset) = refused[0]
+            self.app.log("rate-limited", "debug", rule=rule, ip=ip)
+            raise RateLimitedError(headers={"Retry-After": str(reset), "RateLimit-Limit": str(limit),
+                                            "RateLimit-Remaining": "0", "RateLimit-Reset": str(reset)})
+        counted = [limiter.hit(r, ip) for r in rules]
+        _, limit, remaining, reset = min(counted, key=lambda c: c[2])
+        return [("RateLimit-Limit", str(limit)), ("RateLimit-Remaining", str(remaining)),
+                ("RateLimit-Reset", str(reset))]
+
+    def check_csrf(self, environ, method, path, req):
+        """Cookie-carrying unsafe requests must come from a trusted origin (API.md §1.7)."""
+        if method not in ("POST", "PUT", "PATCH", "DELETE") or not req.cookies:
+            return
+        if not any(n in req.cookies for n in (SESSION_COOKIE, SECURE_SESSION_COOKIE, ADMIN_SESSION_COOKIE)):
+            return
+        if environ.get("HTTP_AUTHORIZATION", "")[:7].lower() == "bearer ":
+            return
+        if path == "/api/analytics/collect" or path.startswith("/api/auth/callback/"):
+            return
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None:
+            if origin.lower() == "null" or origin.lower() not in self.trusted_origins(environ):
+                raise ForbiddenError("Cross-site request blocked")
+            return
+        site = environ.get("HTTP_SEC_FETCH_SITE")
+        if site is not None and site.lower() not in ("same-origin", "none"):
+            raise ForbiddenError("Cross-site request blocked")
+
+    def authenticate(self, req):
+        """Resolve the session (never fails: an unusable credential leaves the caller anonymous)."""
+        app = self.app
+        if app.schema.auth is None:
+            return
+        token, via = credential(req.environ, req.cookies, app.auth_secret)
+        if not token:
+            return
+        now_dt = app.clock()
+        now = format_ts(now_dt)
+        found = load_session(app.db.conn(), token, now)
+        if found is None:
+            return
+        session, user = found
+        conf = app.schema.auth["session"]
+        if parse_ts(session["updatedAt"]) + datetime.timedelta(seconds=conf["updateAge"]) <= now_dt:
+            expires = format_ts(now_dt + datetime.timedelta(seconds=conf["expiresIn"]))
+            app.db.submit(lambda txn: txn.execute("UPDATE sessions SET expires_at = ?, updated_at = ? WHERE id = ?",
+                                                  (expires, now, session["id"])))
+            session = {**session, "expiresAt": expires, "updatedAt": now}
+            req.refresh_cookie = via == "cookie"
+        req.session, req.via = session, via
+        req.actor = actor_of(app.schema, user)
+
+    def apply_effects(self, req, resp):
+        """Turn what an auth service recorded (session, cleared cookies) into headers."""
+        effects = req._ctx.effects if req._ctx is not None else {}
+        secure = self.app.base_url.startswith("https://")
+        cookie = lambda name, value, max_age: resp.headers.append(("Set-Cookie", make_cookie(name, value, max_age, secure)))
+        if effects.get("clear"):
+            for name in CLEARED_COOKIES:
+                cookie(name, "", 0)
+        if "session" in effects:
+            token, max_age = effects["session"]
+            cookie(SESSION_COOKIE, sign_token(self.app.auth_secret, token), max_age)
+            resp.headers.append(("set-auth-token", token))
+        elif req.refresh_cookie and not effects.get("clear"):
+            cookie(SESSION_COOKIE, sign_token(self.app.auth_secret, req.session["token"]),
+                   self.app.schema.auth["session"]["expiresIn"])
+        if "admin_session" in effects:
+            cookie(ADMIN_SESSION_COOKIE, sign_token(self.app.auth_secret, effects["admin_session"]),
+                   self.app.schema.auth["session"]["expiresIn"])
+        if effects.get("clear_admin"):
+            cookie(ADMIN_SESSION_COOKIE, "", 0)
 
     def read_body(self, environ, method):
         limit = self.app.schema.settings["maxBodyBytes"]
@@ -6758,17 +8076,9 @@ class SovriumWsgi:
         return Response(exc.status, exc.envelope(rid), list(exc.headers.items()))
 
     def trusted_origins(self, environ):
-        schema = self.app.schema
-        origins = set(schema.settings["trustedOrigins"])
-        if schema.auth:
-            origins.update(schema.auth["trustedOrigins"])
-        base = self.app.env.get("BASE_URL")
-        if base:
-            m = re.match(r"^(https?://[^/]+)", base)
-            if m:
-                origins.add(m.group(1).lower())
-        elif environ.get("HTTP_HOST"):
-            origins.add("http://" + environ["HTTP_HOST"].lower())
+        origins = self.app.static_origins
+        if not self.app.env.get("BASE_URL") and environ.get("HTTP_HOST"):
+            origins = origins | {"http://" + environ["HTTP_HOST"].lower()}
         return origins
 
     def cors(self, environ):
@@ -6807,12 +8117,70 @@ class SovriumWsgi:
         return resp.status, headers, data
 
 
+def make_cookie(name, value, max_age, secure):
+    """A Set-Cookie value with the attributes of API.md §1.5 (no Max-Age: a browser-session cookie)."""
+    parts = [f"{name}={urllib.parse.quote(value, safe='')}", "Path=/", "HttpOnly", "SameSite=Lax"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def client_ip(environ, trust):
+    """The client IP: the TCP peer, or the trust-th X-Forwarded-For entry from the right (API.md §14.3)."""
+    peer = environ.get("REMOTE_ADDR")
+    if not trust:
+        return peer
+    entries = [e.strip() for e in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if e.strip()]
+    if not entries:
+        return peer
+    return entries[-trust] if len(entries) >= trust else entries[0]
+
+
+AUTH_STRATEGY_PATHS = {
+    "/api/auth/sign-up/email": "emailAndPassword", "/api/auth/sign-in/email": "emailAndPassword",
+    "/api/auth/change-password": "emailAndPassword", "/api/auth/request-password-reset": "emailAndPassword",
+    "/api/auth/reset-password": "emailAndPassword",
+}
+RATE_RULES = {
+    **{("POST", p): ("signIn",) for p in ("/api/auth/sign-in/email", "/api/auth/sign-in/email-otp",
+                                          "/api/auth/sign-in/social", "/api/auth/two-factor/verify-totp",
+                                          "/api/auth/two-factor/verify-backup-code")},
+    ("POST", "/api/auth/sign-up/email"): ("signUp",),
+    **{("POST", p): ("emailSend",) for p in ("/api/auth/request-password-reset", "/api/auth/send-verification-email",
+                                             "/api/auth/sign-in/magic-link", "/api/auth/email-otp/send-verification-otp",
+                                             "/api/auth/forget-password/email-otp")},
+    **{("POST", p): ("tokenVerify",) for p in ("/api/auth/reset-password", "/api/auth/email-otp/verify-email",
+                                               "/api/auth/email-otp/check-verification-otp",
+                                               "/api/auth/email-otp/reset-password", "/api/auth/change-password",
+                                               "/api/auth/two-factor/enable", "/api/auth/two-factor/disable")},
+    ("GET", "/api/auth/magic-link/verify"): ("tokenVerify",), ("GET", "/api/auth/verify-email"): ("tokenVerify",),
+}
+
+
+def rate_rules(method, path):
+    """The rate-limit rules a request counts against (API.md §14.1)."""
+    rules = RATE_RULES.get(("GET" if method == "HEAD" else method, path))
+    if rules:
+        return rules
+    if path.startswith("/api/auth/admin/"):
+        return ("authAdmin",)
+    if path.startswith("/api/admin/schema/") or path == "/api/mcp":
+        return ("schemaAdmin",)
+    if path == "/api/analytics/collect" and method == "POST":
+        return ("collect",)
+    if path == "/api/health":
+        return ()
+    return ("api",)
+
+
 def build_wsgi(app):
     """The WSGI callable serving the whole /api surface of `app`."""
     return SovriumWsgi(app)
 
 ###############################################################################
-# 14. Server and CLI ##########################################################
+# 16. Server and CLI ##########################################################
 ###############################################################################
 
 import argparse  # noqa: E402
@@ -6871,14 +8239,6 @@ def runtime_options(env, host=None, port=None, threads=None, log_level=None):
         raise UsageError("SOVRIUM_ARGON2_PROFILE must be one of: owasp, rfc9106, test")
     database_path(env)
     return out
-
-
-def password_limits(auth):
-    """(min, max) password length of the emailAndPassword strategy (default 8..128)."""
-    for s in (auth or {}).get("strategies", []):
-        if s["type"] == "emailAndPassword":
-            return s["minPasswordLength"], s["maxPasswordLength"]
-    return 8, 128
 
 
 def check_admin_variables(env, auth):
