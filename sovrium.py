@@ -3998,7 +3998,8 @@ def stored_schema(active, registry):
     _, snapshot, _, resolved = active
     doc = {k: v for k, v in snapshot.items() if k not in ("settings", "analytics", "auth")}
     if snapshot.get("auth") not in (None, False):
-        doc["auth"] = {"strategies": ["emailAndPassword"]}
+        roles = snapshot["auth"].get("roles") if isinstance(snapshot["auth"], dict) else None
+        doc["auth"] = {"strategies": ["emailAndPassword"], **({"roles": roles} if roles else {})}
     schema, errors, _ = compile_config(doc, _AnyEnv(), registry, resolved=resolved)
     if schema is None:
         raise StartupError(f"the active configuration version {active[0]} cannot be read: "
@@ -4987,6 +4988,16 @@ def password_limits(auth):
     return 8, 128
 
 
+def check_admin_variables(env, auth):
+    """Startup step 2: AUTH_ADMIN_EMAIL / AUTH_ADMIN_PASSWORD must be usable (exit 2 otherwise)."""
+    email = env["AUTH_ADMIN_EMAIL"].strip().lower()
+    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
+        raise UsageError("AUTH_ADMIN_EMAIL must be a valid e-mail address")
+    lo, hi = password_limits(auth)
+    if not lo <= len(env["AUTH_ADMIN_PASSWORD"]) <= hi:
+        raise UsageError(f"AUTH_ADMIN_PASSWORD must be between {lo} and {hi} characters")
+
+
 def user_object(row):
     """The user object of API.md §13.1 from a users row (USER_COLUMNS order)."""
     uid, name, email, verified, image, created, updated, role, banned, reason, expires, tfa = row
@@ -5096,6 +5107,12 @@ class RateLimiter:
             if count:
                 w[1] += 1
             return True, limit, limit - w[1], reset
+
+
+def rate_limited_headers(limit, reset):
+    """Headers of a 429 (API.md §14.2)."""
+    return {"Retry-After": str(reset), "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(reset)}
 
 
 class Mailer:
@@ -6561,7 +6578,9 @@ def _name(value, field="name"):
 def _image(value, field="image"):
     if value is None:
         return None
-    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+\S*", value, re.I) or len(value) > 2048:
+    if not isinstance(value, str):
+        raise field_error(field, f"Field '{field}' must be a string")
+    if not re.fullmatch(r"https?://[^\s/?#]+\S*", value, re.I) or len(value) > 2048:
         raise field_error(field, f"Field '{field}' must be an http or https URL")
     return value
 
@@ -6696,7 +6715,7 @@ def auth_sign_in(ctx, body):
     if limiter.active("signInAccount"):
         allowed, limit, _, reset = limiter.peek("signInAccount", email_addr)
         if not allowed:
-            raise RateLimitedError(headers={"Retry-After": str(reset)})
+            raise RateLimitedError(headers=rate_limited_headers(limit, reset))
     with ctx.read() as conn:
         user = _user_row(conn, "email = ?", (email_addr,))
         stored = _password_hash(conn, user["id"]) if user else None
@@ -6848,9 +6867,9 @@ def auth_request_password_reset(ctx, body):
 def _email_send_account(ctx, email_addr):
     limiter = ctx.app.limiter
     if limiter.active("emailSendAccount"):
-        allowed, _, _, reset = limiter.hit("emailSendAccount", email_addr)
+        allowed, limit, _, reset = limiter.hit("emailSendAccount", email_addr)
         if not allowed:
-            raise RateLimitedError(headers={"Retry-After": str(reset)})
+            raise RateLimitedError(headers=rate_limited_headers(limit, reset))
 
 
 def auth_reset_password_link(ctx, token, params):
@@ -6994,8 +7013,9 @@ def _guard_self_and_last_admin(ctx, conn, target, demote=True):
     if ctx.actor.user and target["id"] == ctx.actor.user["id"]:
         raise _auth_error(400, "CANNOT_MODIFY_SELF", "You cannot modify your own account this way", "userId")
     if demote and target["role"] == "admin":
-        admins = conn.execute("SELECT count(*) FROM users WHERE role = 'admin' AND banned = 0").fetchall()[0][0]
-        if admins <= 1:
+        others = conn.execute("SELECT count(*) FROM users WHERE role = 'admin' AND banned = 0 AND id <> ?",
+                              (target["id"],)).fetchall()[0][0]
+        if others == 0:
             raise _auth_error(400, "LAST_ADMIN", "The last admin cannot be demoted, banned or removed", "userId")
 
 
@@ -7043,8 +7063,10 @@ def admin_list_users(ctx, params):
 
 def admin_get_user(ctx, params):
     _admin(ctx)
+    if not params.get("id"):
+        raise field_error("id", "Field 'id' is required")
     with ctx.read() as conn:
-        return {"user": _target(conn, params.get("id"))}
+        return {"user": _target(conn, params["id"])}
 
 
 def admin_create_user(ctx, body):
@@ -7299,6 +7321,11 @@ class App:
         if errors:
             raise ConfigError(errors, warnings)
         self.log_format = (self.env.get("LOG_FORMAT") or "text").lower()
+        if checked.auth and self.env.get("AUTH_ADMIN_EMAIL") and self.env.get("AUTH_ADMIN_PASSWORD"):
+            try:
+                check_admin_variables(self.env, checked.auth)
+            except UsageError as exc:
+                raise StartupError(str(exc), 2) from None
         self.db_path = database_path(self.env, db_path)
         self.db = Database(self.db_path, self.clock)
         try:
@@ -7346,10 +7373,6 @@ class App:
         env = self.env
         if not (env.get("AUTH_ADMIN_EMAIL") and env.get("AUTH_ADMIN_PASSWORD")):
             return
-        try:
-            check_admin_variables(env, self.schema.auth)
-        except UsageError as exc:
-            raise StartupError(str(exc), 2) from None
         email_addr = env["AUTH_ADMIN_EMAIL"].strip().lower()
         with self.db.read() as conn:
             exists = conn.execute("SELECT id FROM users WHERE email = ?", (email_addr,)).fetchall()
@@ -7969,8 +7992,7 @@ class SovriumWsgi:
         if refused:
             rule, (_, limit, _, reset) = refused[0]
             self.app.log("rate-limited", "debug", rule=rule, ip=ip)
-            raise RateLimitedError(headers={"Retry-After": str(reset), "RateLimit-Limit": str(limit),
-                                            "RateLimit-Remaining": "0", "RateLimit-Reset": str(reset)})
+            raise RateLimitedError(headers=rate_limited_headers(limit, reset))
         counted = [limiter.hit(r, ip) for r in rules]
         _, limit, remaining, reset = min(counted, key=lambda c: c[2])
         return [("RateLimit-Limit", str(limit)), ("RateLimit-Remaining", str(remaining)),
@@ -8241,16 +8263,6 @@ def runtime_options(env, host=None, port=None, threads=None, log_level=None):
     return out
 
 
-def check_admin_variables(env, auth):
-    """Startup step 2: AUTH_ADMIN_EMAIL / AUTH_ADMIN_PASSWORD must be usable (exit 2 otherwise)."""
-    email = env["AUTH_ADMIN_EMAIL"].strip().lower()
-    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
-        raise UsageError("AUTH_ADMIN_EMAIL must be a valid e-mail address")
-    lo, hi = password_limits(auth)
-    if not lo <= len(env["AUTH_ADMIN_PASSWORD"]) <= hi:
-        raise UsageError(f"AUTH_ADMIN_PASSWORD must be between {lo} and {hi} characters")
-
-
 class Server:
     """waitress serving one App, with the graceful shutdown of OPERATIONS.md §5."""
 
@@ -8339,6 +8351,14 @@ def _build_parser():
     s.add_argument("--threads")
     s.add_argument("--log-level")
     s.add_argument("--allow-data-loss", action="store_true")
+    a = sub.add_parser("admin", help="manage administrators")
+    asub = a.add_subparsers(dest="admin_command", parser_class=_Parser)
+    ac = asub.add_parser("create", help="create a user with role admin and a verified e-mail")
+    ac.add_argument("--email", required=True)
+    ac.add_argument("--password")
+    ac.add_argument("--name", default="Administrator")
+    ac.add_argument("--db")
+    ac.add_argument("--config")
     b = sub.add_parser("backup", help="copy the database safely, even while a server runs")
     b.add_argument("dest")
     b.add_argument("--db")
@@ -8369,12 +8389,16 @@ def main(argv=None):
             print(f"sovrium {__version__}")
             return 0
         if args.command is None:
-            raise UsageError("missing command (start, validate, backup)")
+            raise UsageError("missing command (start, validate, admin, backup)")
         schema_sql_text()
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "backup":
             return cmd_backup(args)
+        if args.command == "admin":
+            if args.admin_command != "create":
+                raise UsageError("missing admin command (create)")
+            return cmd_admin_create(args)
         return cmd_start(args)
     except UsageError as exc:
         _err(parser.format_usage().rstrip())
@@ -8418,6 +8442,61 @@ def cmd_validate(args):
         finally:
             db.close()
     return _report_validation(args, schema, errors, warnings, data_loss and not args.allow_data_loss)
+
+
+def cmd_admin_create(args):
+    """`sovrium admin create`: a user with role admin and a verified e-mail (OPERATIONS.md §2.2)."""
+    env = dict(os.environ)
+    db_path = database_path(env, args.db)
+    auth = None
+    raw = None
+    if args.config:
+        raw = load_config(args.config)
+        checked, errors, warnings = compile_config(raw, env)
+        if errors:
+            raise ConfigError(errors, warnings)
+        auth = checked.auth
+    email_addr = args.email.strip().lower()
+    if len(email_addr) > 254 or not EMAIL_RE.fullmatch(email_addr):
+        raise UsageError("--email must be a valid e-mail address")
+    password = args.password
+    if password is None:
+        if sys.stdin.isatty():
+            import getpass
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat the password: ") != password:
+                raise UsageError("the passwords do not match")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    lo, hi = password_limits(auth)
+    if not lo <= len(password) <= hi:
+        raise UsageError(f"the password must be between {lo} and {hi} characters")
+    if raw is None and (db_path == ":memory:" or not os.path.exists(db_path)):
+        raise StartupError(f"database not found: {db_path}")
+    db = Database(db_path, utcnow, create=raw is not None)
+    try:
+        if raw is not None:
+            db.close()
+            app = App(raw, db_path, env={**env, "AUTH_ADMIN_EMAIL": "", "AUTH_ADMIN_PASSWORD": ""})
+            db = app.db
+        passwords = Passwords(auth, env)
+        hashed = passwords.hash(password)
+        now = format_ts(utcnow())
+        with db.write(now=now) as txn:
+            if txn.execute("SELECT 1 FROM users WHERE email = ?", (email_addr,)).fetchall():
+                raise StartupError("a user with this email already exists", 1)
+            uid = new_id()
+            txn.execute(f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, 1, NULL, ?, ?, 'admin', 0, NULL, NULL, 0)",
+                        (uid, args.name, email_addr, now, now))
+            txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, updated_at) "
+                        "VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, hashed, now, now))
+    finally:
+        if raw is not None:
+            app.close()
+        else:
+            db.close()
+    print(uid)
+    return 0
 
 
 def cmd_backup(args):
