@@ -244,6 +244,63 @@ def http_benchmarks(path, duration, threads, records):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def auth_benchmarks(path, duration, threads, records):
+    """Authenticated GET (session lookup per request), sign-in throughput with the default argon2
+    profile, and the p99 of GETs while a sign-in storm runs (issue 3)."""
+    tmp = tempfile.mkdtemp(prefix="sovrium-bench-auth-")
+    procs = []
+    try:
+        cfg = dict(CONFIG, auth={"strategies": ["emailAndPassword"]})
+        cfg_path = os.path.join(tmp, "auth.json")
+        with open(cfg_path, "w") as fh:
+            json.dump(cfg, fh)
+        env = {**os.environ, "SOVRIUM_RATE_LIMITS": "off", "LOG_LEVEL": "warning", "AUTH_SECRET": "x" * 40}
+        env.pop("SOVRIUM_ARGON2_PROFILE", None)
+        with sovrium.App(cfg, db_path=path, env=env) as app:
+            if not app.db.conn().execute("SELECT 1 FROM users WHERE email = 'bench@example.com'").fetchall():
+                app.create_user("bench@example.com", "bench-password-1", "Bench")
+        hello_port, port = free_port(), free_port()
+        hello = os.path.join(tmp, "hello.py")
+        with open(hello, "w") as fh:
+            fh.write(HELLO)
+        procs.append(subprocess.Popen([sys.executable, hello, str(hello_port), str(threads)],
+                                      stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([sys.executable, "-m", "sovrium", "start", cfg_path, "--db", path, "--port",
+                                       str(port), "--threads", str(threads)], env=env, stderr=subprocess.DEVNULL))
+        wait_port(hello_port)
+        wait_port(port)
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        body = json.dumps({"email": "bench@example.com", "password": "bench-password-1"})
+        conn.request("POST", "/api/auth/sign-in/email", body, {"Content-Type": "application/json"})
+        token = json.loads(conn.getresponse().read())["token"]
+        auth_lua = os.path.join(tmp, "auth.lua")
+        with open(auth_lua, "w") as fh:
+            fh.write(f'wrk.headers["Authorization"] = "Bearer {token}"\nmath.randomseed(7)\n'
+                     f'request = function()\n  return wrk.format("GET", "/api/tables/items/records/" .. '
+                     f'math.random(1, {records}))\nend\n')
+        signin_lua = os.path.join(tmp, "signin.lua")
+        with open(signin_lua, "w") as fh:
+            fh.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                     f'wrk.headers["Content-Type"] = "application/json"\n')
+        runs = {"H (hello world)": run_wrk(f"http://127.0.0.1:{hello_port}/", duration),
+                "authenticated GET by id": run_wrk(f"http://127.0.0.1:{port}/api/tables/items/records/1", duration,
+                                                   script=auth_lua),
+                "sign-in (argon2 owasp)": run_wrk(f"http://127.0.0.1:{port}/api/auth/sign-in/email", duration,
+                                                  connections=8, script=signin_lua)}
+        storm = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{duration + 2}s", "-s", signin_lua,
+                                  f"http://127.0.0.1:{port}/api/auth/sign-in/email"], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        runs["authenticated GET during a sign-in storm"] = run_wrk(
+            f"http://127.0.0.1:{port}/api/tables/items/records/1", duration, connections=8, script=auth_lua)
+        storm.wait()
+        return runs
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1000000)
@@ -251,12 +308,21 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--db", help="database file (default: cached in the temporary directory)")
     ap.add_argument("--http-only", action="store_true", help="skip the server-time measurements")
+    ap.add_argument("--auth", action="store_true", help="only the authentication figures (needs wrk)")
     args = ap.parse_args()
     path = args.db or os.path.join(tempfile.gettempdir(), f"sovrium-bench-{args.records}-v2.db")
     if not os.path.exists(path):
         seed(path, args.records)
     print(f"sovrium {sovrium.__version__}, SQLite {sovrium.apsw.sqlite_lib_version()}, "
           f"{os.cpu_count()} cores, {args.records} items")
+    if args.auth:
+        runs = auth_benchmarks(path, args.duration, args.threads, args.records)
+        h = runs["H (hello world)"][0]
+        print(f"\nAuthentication, {args.duration} s per run, waitress threads={args.threads}:")
+        for label, (rps, p99, errors) in runs.items():
+            print(f"  {label:<42} {rps:9.1f} req/s  {rps / h:5.2f} H   p99 {p99:7.2f} ms"
+                  + (f"   ({errors} non-2xx)" if errors else ""))
+        return
     if not args.http_only:
         print("\nServer time of list queries (median of 7, in-process):")
         for label, ms in server_times(path).items():
