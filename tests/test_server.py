@@ -990,3 +990,32 @@ def test_validate_with_database_reports_data_loss(spawn, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "ok: srv-app — 1 tables" in lines(proc.stdout + proc.stderr)
     assert db.read_bytes() == before, "validate --db is read-only"
+
+
+def test_auth_over_a_real_server(spawn, auth_yaml):
+    """Sign-in, cookie and Bearer callers, CSRF and the anonymous 401, through a real process."""
+    srv = spawn(auth_yaml, env={"AUTH_ADMIN_EMAIL": "root@example.com",
+                                "AUTH_ADMIN_PASSWORD": "root-password-1"}).wait_ready()
+    assert http("GET", records_url(srv)).status == 401
+    resp = http("POST", srv.url + "/api/auth/sign-in/email",
+                {"email": "root@example.com", "password": "root-password-1"})
+    assert resp.status == 200, resp.raw
+    token = resp.json["token"]
+    assert resp.headers["set-auth-token"] == token
+    cookie = resp.headers["Set-Cookie"].split(";")[0]
+    assert cookie.startswith("better-auth.session_token=" + token + ".")
+    bearer = {"Authorization": "Bearer " + token}
+    created = http("POST", records_url(srv), {"title": "from bearer"}, headers=bearer)
+    assert created.status == 201, created.raw
+    assert created.json["createdBy"] == resp.json["user"]["id"]
+    # A cookie caller posting from another site is refused before anything is read or written.
+    refused = http("POST", records_url(srv), {"title": "forged"},
+                   headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    assert refused.status == 403 and refused.json["message"] == "Cross-site request blocked"
+    same_site = http("POST", records_url(srv), {"title": "same site"},
+                     headers={"Cookie": cookie, "Origin": srv.url})
+    assert same_site.status == 201, same_site.raw
+    listing = http("GET", records_url(srv), headers=bearer).json
+    assert [r["fields"]["title"] for r in listing["records"]] == ["from bearer", "same site"]
+    assert http("POST", srv.url + "/api/auth/sign-out", headers=bearer).status == 200
+    assert http("GET", records_url(srv), headers=bearer).status == 401
