@@ -6492,6 +6492,649 @@ def records_history(ctx, table_ref, record_id, params=None):
     return {"history": entries, "pagination": pagination(limit, offset, len(entries), total)}
 
 
+# -- batch, upsert, restore (API.md §5, §6) ---------------------------------------------------------
+
+def _batch_items(ctx, body, key):
+    """The list under `key` of a batch body, within settings.batchLimit (413 beyond)."""
+    if not isinstance(body, dict):
+        raise field_error("body", "Request body must be a JSON object")
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise field_error(key, f"Field '{key}' must be a list" if key in body else f"Field '{key}' is required")
+    if not items:
+        raise field_error(key, "At least one record is required" if key == "records" else "At least one id is required")
+    limit = ctx.settings["batchLimit"]
+    if len(items) > limit:
+        raise PayloadTooLargeError(f"Batch size exceeds maximum of {limit} records")
+    return items
+
+
+def _return_records(body):
+    value = body.get("returnRecords", True)
+    if not isinstance(value, bool):
+        raise field_error("returnRecords", "Field 'returnRecords' must be a boolean")
+    return value
+
+
+def _is_record_id(value):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAFE_INTEGER
+
+
+def _record_ids(items, key="ids"):
+    """Validated record ids of a batch body (`ids[i]` errors: not an id, duplicate)."""
+    errors, seen, out = [], set(), []
+    for i, value in enumerate(items):
+        if not _is_record_id(value):
+            errors.append({"field": f"{key}[{i}]", "message": "Must be a record id"})
+            continue
+        value = int(value)
+        if value in seen:
+            errors.append({"field": f"{key}[{i}]", "message": "Duplicate id"})
+        seen.add(value)
+        out.append(value)
+    if errors:
+        raise ValidationError(errors=errors)
+    return out
+
+
+def _fetch_many(conn, ctx, table, names, ids, deleted=False):
+    """Record JSON texts of `ids`, in the order given (one aggregate statement)."""
+    if not ids:
+        return []
+    marks = ", ".join("?" * len(ids))
+    rows = conn.execute(f"{CTX_PREFIX}SELECT r.id, {record_json_sql(table, names, deleted)} FROM records r "
+                        f"WHERE r.id IN ({marks})", [ctx.now, *ids]).fetchall()
+    by_id = dict(rows)
+    return [by_id[i] for i in ids]
+
+
+def _records_body(texts, count, return_records, extra=None):
+    text = '{"records":[' + ",".join(texts) + '],' if return_records else "{"
+    text += f'"count":{count}'
+    for k, v in (extra or {}).items():
+        text += f',"{k}":{dumps(v)}'
+    return RawJson(text + "}")
+
+
+def _collect(errors, exc, prefix):
+    """Merge one item's failure into a batch's error list (400s collect; others stop the batch)."""
+    if isinstance(exc, ValidationError):
+        for e in exc.errors or []:
+            field = e["field"] if e["field"].startswith(prefix) else prefix + e["field"]
+            errors.append({"field": field, "message": e["message"]})
+        return
+    raise exc
+
+
+def records_batch_create(ctx, table_ref, body):
+    """POST …/records/batch (API.md §5.1) → RawJson {"records"?, "count"}."""
+    table = require_table(ctx.actor, ctx.schema, table_ref, "create")
+    items = _batch_items(ctx, body, "records")
+    return_records = _return_records(body)
+    values = []
+    for i, item in enumerate(items):
+        try:
+            values.append(split_body(item)[0])
+        except ValidationError as exc:
+            if exc.errors and exc.errors[0]["field"] == "body":
+                raise field_error(f"records[{i}]", "Must be a JSON object") from None
+            raise field_error(f"records[{i}].{exc.errors[0]['field']}", exc.errors[0]["message"]) from None
+    names = [f.name for f in table.data_fields if f.name in readable_names(ctx.actor, table)]
+
+    def write(txn):
+        errors, ids = [], []
+        for i, v in enumerate(values):
+            try:
+                ids.append(insert_record(ctx, txn, table, v, prefix=f"records[{i}]."))
+            except ApiError as exc:
+                _collect(errors, exc, f"records[{i}].")
+        if errors:
+            raise ValidationError("One or more fields failed validation", errors)
+        ctx.now = txn.now
+        return _fetch_many(txn.conn, ctx, table, names, ids) if return_records else ids
+    out = ctx.transact(write)
+    return _records_body(out if return_records else [], len(out), return_records)
+
+
+def records_batch_update(ctx, table_ref, body):
+    """PATCH …/records/batch (API.md §5.2) → RawJson {"records"?, "count"}."""
+    table = require_table(ctx.actor, ctx.schema, table_ref, "update")
+    items = _batch_items(ctx, body, "records")
+    return_records = _return_records(body)
+    errors, parsed, seen = [], [], set()
+    for i, item in enumerate(items):
+        p = f"records[{i}]"
+        if not isinstance(item, dict):
+            errors.append({"field": p, "message": "Must be a JSON object"})
+            continue
+        item = dict(item)
+        rid = item.pop("id", None)
+        if rid is None:
+            errors.append({"field": f"{p}.id", "message": "Field 'id' is required"})
+            continue
+        if not _is_record_id(rid):
+            errors.append({"field": f"{p}.id", "message": "Must be a record id"})
+            continue
+        rid = int(rid)
+        if rid in seen:
+            errors.append({"field": f"{p}.id", "message": "Duplicate id"})
+            continue
+        seen.add(rid)
+        try:
+            values, stamp = split_body(item, allow_updated_at=True)
+            stamp = _check_updated_at(stamp, f"{p}.updatedAt")
+        except ValidationError as exc:
+            _collect(errors, exc, p + ".")
+            continue
+        parsed.append((i, rid, values, stamp))
+    if errors:
+        raise ValidationError(errors=errors)
+    names = [f.name for f in table.data_fields if f.name in readable_names(ctx.actor, table)]
+
+    def write(txn):
+        errs, ids = [], []
+        for i, rid, values, stamp in parsed:
+            try:
+                update_record(ctx, txn, table, rid, values, stamp, prefix=f"records[{i}].",
+                              conflict_message=f"Record {rid} has been modified since the supplied updatedAt")
+                ids.append(rid)
+            except NotFoundError:
+                errs.append({"field": f"records[{i}].id", "message": "Record not found"})
+            except ApiError as exc:
+                _collect(errs, exc, f"records[{i}].")
+        if errs:
+            raise ValidationError(errors=errs) if all("Record not found" == e["message"] for e in errs) else \
+                ValidationError("One or more fields failed validation", errs)
+        ctx.now = txn.now
+        return _fetch_many(txn.conn, ctx, table, names, ids) if return_records else ids
+    out = ctx.transact(write)
+    return _records_body(out if return_records else [], len(out), return_records)
+
+
+def records_batch_delete(ctx, table_ref, body):
+    """DELETE …/records/batch (API.md §5.3) → {"count"}."""
+    if not isinstance(body, dict):
+        raise field_error("body", "Request body must be a JSON object")
+    permanent = body.get("permanent", False)
+    if not isinstance(permanent, bool):
+        raise field_error("permanent", "Field 'permanent' must be a boolean")
+    table = require_table(ctx.actor, ctx.schema, table_ref, "delete")
+    if permanent and not can(ctx.actor, table, "permanentDelete"):
+        raise deny(ctx.actor)
+    ids = _record_ids(_batch_items(ctx, body, "ids"))
+
+    def write(txn):
+        _check_targets(ctx, txn, table, ids, None if permanent else False, "delete")
+        return delete_records(ctx, txn, table, ids, permanent)
+    ctx.transact(write)
+    return {"count": len(ids)}
+
+
+def _check_targets(ctx, txn, table, ids, deleted, rule):
+    """Every id names a row-readable record (live, trashed or either) passing the row rule `rule`."""
+    errors = []
+    row_sql, row_params = row_predicate(ctx.actor, table, "read")
+    marks = ", ".join("?" * len(ids))
+    cond = "" if deleted is None else ("AND r.deleted_at IS NOT NULL" if deleted else "AND r.deleted_at IS NULL")
+    found = {r[0]: r[1] for r in txn.execute(
+        f"{CTX_PREFIX}SELECT r.id, r.deleted_at FROM records r WHERE r.id IN ({marks}) AND "
+        f"r.table_id = {table.id} AND ({row_sql})", [ctx.now, *ids, *row_params])}
+    for i, rid in enumerate(ids):
+        if rid not in found or (deleted is False and found[rid] is not None):
+            errors.append({"field": f"ids[{i}]", "message": "Record not found"})
+        elif deleted is True and found[rid] is None:
+            errors.append({"field": f"ids[{i}]", "message": "Record is not in the trash"})
+    if errors:
+        raise ValidationError(errors=errors)
+    for rid in ids:
+        if not _row_rule_holds(ctx, txn.conn, table, rule, rid):
+            raise deny(ctx.actor, ROW_RULE_MESSAGE)
+
+
+def restore_records(ctx, txn, table, ids, prefixes):
+    """Restore trashed records after re-checking uniqueness; `prefixes[i]` names item i in errors."""
+    errors = []
+    w = _Writer(ctx, txn.conn, table)
+    marks = ", ".join("?" * len(ids))
+    rows = {r[0]: (json.loads(r[1]), r[2]) for r in txn.execute(
+        f"SELECT id, data, updated_at FROM records WHERE id IN ({marks})", ids)}
+    for rid, field in zip(ids, prefixes):
+        data, _ = rows[rid]
+        failed = set()
+        problems = w.check_unique(data, data, rid, "", failed, None)
+        errors += [{"field": field, "message": p["message"]} for p in problems]
+    if errors:
+        raise ValidationError(errors=errors)
+    txn.bump(max(u for _, u in rows.values()))
+    txn.execute(f"UPDATE records SET deleted_at = NULL, deleted_by = NULL, updated_at = ?, updated_by = ? "
+                f"WHERE id IN ({marks})", [txn.now, ctx.actor.id, *ids])
+
+
+def records_restore(ctx, table_ref, record_id):
+    """POST …/records/{id}/restore (API.md §6.2) → RawJson of the restored record."""
+    table = require_table(ctx.actor, ctx.schema, table_ref, "restore")
+    rid = _path_id(record_id)
+    names = [f.name for f in table.data_fields if f.name in readable_names(ctx.actor, table)]
+
+    def write(txn):
+        _, meta = _load_stored(txn.conn, ctx, table, rid, deleted=None)
+        if not _row_rule_holds(ctx, txn.conn, table, "delete", rid):
+            raise deny(ctx.actor, ROW_RULE_MESSAGE)
+        if meta["deleted_at"] is None:
+            raise ConflictError("Record is not in the trash")
+        try:
+            restore_records(ctx, txn, table, [rid], ["record"])
+        except ValidationError as exc:
+            raise ValidationError(exc.errors[0]["message"], [
+                {"field": _unique_field(e["message"]), "message": e["message"]} for e in exc.errors]) from None
+        ctx.now = txn.now
+        return RawJson(_fetch(txn.conn, ctx, table, names, "r.id = ?", [rid], deleted=True)[0], rid)
+    return ctx.transact(write)
+
+
+def _unique_field(message):
+    m = re.match(r"Fields? '([^']+)'", message)
+    return m.group(1) if m else "record"
+
+
+def records_batch_restore(ctx, table_ref, body):
+    """POST …/records/batch/restore (API.md §5.4) → {"count"}."""
+    table = require_table(ctx.actor, ctx.schema, table_ref, "restore")
+    ids = _record_ids(_batch_items(ctx, body, "ids"))
+
+    def write(txn):
+        _check_targets(ctx, txn, table, ids, True, "delete")
+        restore_records(ctx, txn, table, ids, [f"ids[{i}]" for i in range(len(ids))])
+    ctx.transact(write)
+    return {"count": len(ids)}
+
+
+MERGEABLE_TYPES = tuple(t for t in TEXT_TYPES if t != "rich-text") + CHOICE_TYPES + (
+    "integer", "decimal", "currency", "percentage", "rating", "progress", "duration", "date", "datetime")
+
+
+def records_upsert(ctx, table_ref, body):
+    """POST …/records/upsert (API.md §5.5) → RawJson {"records"?, "created", "updated", ...}."""
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+    items = _batch_items(ctx, body, "records")
+    return_records = _return_records(body)
+    merge = body.get("fieldsToMergeOn", body.get("matchFields"))
+    if "fieldsToMergeOn" in body and "matchFields" in body and body["fieldsToMergeOn"] != body["matchFields"]:
+        raise field_error("fieldsToMergeOn", "fieldsToMergeOn and matchFields must be equal")
+    if not isinstance(merge, list) or not 1 <= len(merge) <= 3 or not all(isinstance(m, str) for m in merge):
+        raise field_error("fieldsToMergeOn", "fieldsToMergeOn must list 1 to 3 field names")
+    if len(set(merge)) != len(merge):
+        raise field_error("fieldsToMergeOn", "fieldsToMergeOn must list distinct fields")
+    visible = readable_names(ctx.actor, table)
+    fields = []
+    for name in merge:
+        f = table.field(name, visible, pseudo=False)
+        if f is None:
+            raise field_error("fieldsToMergeOn", f"Unknown field '{name}'")
+        ok = f.type in MERGEABLE_TYPES or f.relation == "m2o" or (f.type == "user" and not f.conf["allowMultiple"])
+        if not ok:
+            raise field_error("fieldsToMergeOn", f"Field '{name}' cannot be used to merge")
+        fields.append(f)
+    errors, parsed, keys = [], [], {}
+    for i, item in enumerate(items):
+        try:
+            values = split_body(item)[0]
+        except ValidationError:
+            errors.append({"field": f"records[{i}]", "message": "Must be a JSON object"})
+            continue
+        key = []
+        for f in fields:
+            if values.get(f.name) is None:
+                errors.append({"field": f"records[{i}].{f.name}", "message": f"Merge field '{f.name}' is required"})
+                key = None
+                break
+            try:
+                key.append(dumps(validate_value(f.conf, values[f.name])))
+            except ValueProblem as exc:
+                errors.append({"field": f"records[{i}].{f.name}", "message": exc.message})
+                key = None
+                break
+        if key is None:
+            continue
+        key = tuple(key)
+        if key in keys:
+            errors.append({"field": f"records[{i}]", "message": "Duplicate merge key"})
+            continue
+        keys[key] = i
+        parsed.append((i, values, [json.loads(k) for k in key]))
+    if errors:
+        raise ValidationError(errors=errors)
+    names = [f.name for f in table.data_fields if f.name in visible]
+
+    def write(txn):
+        errs, created, updated, order = [], [], [], []
+        row_sql, row_params = row_predicate(ctx.actor, table, "read")
+        for i, values, key in parsed:
+            b = SqlBuilder(table)
+            cond = " AND ".join(b.leaf(f, "equals", v) for f, v in zip(fields, key))
+            matches = [r[0] for r in txn.execute(
+                f"{CTX_PREFIX}SELECT r.id FROM records r WHERE r.table_id = {table.id} AND r.deleted_at IS NULL "
+                f"AND ({row_sql}) AND {cond} LIMIT 2", [ctx.now, *row_params, *b.params])]
+            prefix = f"records[{i}]."
+            try:
+                if len(matches) > 1:
+                    errs.append({"field": f"records[{i}]", "message": "More than one record matches the merge fields"})
+                elif matches:
+                    if not can(ctx.actor, table, "update"):
+                        raise deny(ctx.actor)
+                    update_record(ctx, txn, table, matches[0],
+                                  {k: v for k, v in values.items() if k not in merge}, None, prefix=prefix)
+                    updated.append(matches[0])
+                    order.append(matches[0])
+                else:
+                    if not can(ctx.actor, table, "create"):
+                        raise deny(ctx.actor)
+                    rid = insert_record(ctx, txn, table, values, prefix=prefix)
+                    created.append(rid)
+                    order.append(rid)
+            except ApiError as exc:
+                _collect(errs, exc, prefix)
+        if errs:
+            raise ValidationError("One or more fields failed validation", errs)
+        ctx.now = txn.now
+        texts = _fetch_many(txn.conn, ctx, table, names, order) if return_records else []
+        return texts, created, updated
+    texts, created, updated = ctx.transact(write)
+    text = '{"records":[' + ",".join(texts) + "]," if return_records else "{"
+    text += (f'"created":{len(created)},"updated":{len(updated)},"createdRecords":{dumps(created)},'
+             f'"updatedRecords":{dumps(updated)}}}')
+    return RawJson(text)
+
+
+# -- views (API.md §9) ------------------------------------------------------------------------------
+
+def _view(ctx, table_ref, view_id):
+    actor = ctx.actor
+    table = require_table(actor, ctx.schema, table_ref)
+    for v in table.views:
+        if str(v.id) == str(view_id) and _view_readable(actor, table, v):
+            return table, v
+    raise NotFoundError()
+
+
+def views_list(ctx, table_ref):
+    """GET …/views: the readable views in configuration order."""
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+    visible = readable_names(ctx.actor, table)
+    return {"views": [v.public(visible) for v in table.views if _view_readable(ctx.actor, table, v)]}
+
+
+def views_get(ctx, table_ref, view_id):
+    """GET …/views/{viewId}."""
+    table, view = _view(ctx, table_ref, view_id)
+    return view.public(readable_names(ctx.actor, table))
+
+
+def views_records(ctx, table_ref, view_id, params):
+    """GET …/views/{viewId}/records: the view's filter, sorts, fields and groups (API.md §9.3)."""
+    table, view = _view(ctx, table_ref, view_id)
+    params = dict(params)
+    params.pop("includeDeleted", None)
+    allowed = view.conf["fields"]
+    if allowed is not None:
+        visible = readable_names(ctx.actor, table)
+        if params.get("fields"):
+            for name in params["fields"].split(","):
+                name = name.strip()
+                if name not in PSEUDO_FIELDS and name not in allowed:
+                    raise field_error("fields", f"Unknown field '{name}'")
+        else:
+            params["fields"] = ",".join(n for n in allowed if n in visible) or "id"
+    return records_list(ctx, table, params, view=view)
+
+
+# -- comments (API.md §8) ---------------------------------------------------------------------------
+
+COMMENT_SQL = ("SELECT c.id, c.table_id, c.record_id, c.user_id, u.id, u.name, c.content, c.parent_id, "
+               "c.created_at, c.updated_at FROM comments c LEFT JOIN users u ON u.id = c.user_id")
+COMMENT_MAX = 10000
+
+
+def comment_object(row):
+    cid, tid, rid, uid, user_id, name, content, parent, created, updated = row
+    return {"id": cid, "tableId": tid, "recordId": rid, "userId": uid,
+            "user": {"id": user_id, "name": name} if user_id else None, "content": content,
+            "parentCommentId": parent, "createdAt": created, "updatedAt": updated}
+
+
+def _comment_record(ctx, conn, table, record_id, writing):
+    """The record a comment call is about: readable, and live for writes (409 when trashed)."""
+    rid = _path_id(record_id)
+    _, meta = _load_stored(conn, ctx, table, rid, deleted=None)
+    if meta["deleted_at"] is not None:
+        if not can(ctx.actor, table, "delete"):
+            raise NotFoundError()
+        if writing:
+            raise ConflictError("Record is in the trash")
+    return rid
+
+
+def _content(body):
+    value = body.get("content", body.get("body"))
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise field_error("content", "Field 'content' is required")
+    if not isinstance(value, str):
+        raise field_error("content", "Field 'content' must be a string")
+    if len(value) > COMMENT_MAX:
+        raise field_error("content", f"Field 'content' must be at most {COMMENT_MAX} characters")
+    return value
+
+
+def comments_list(ctx, table_ref, record_id, params):
+    """GET …/comments: non-deleted comments, oldest first unless sortOrder=desc."""
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+    limit, offset = paginate_params(params, 50, ctx.settings["maxPageSize"])
+    order = (params.get("sortOrder") or "asc").lower()
+    if order not in ("asc", "desc"):
+        raise field_error("sortOrder", "Parameter 'sortOrder' must be asc or desc")
+    with ctx.read() as conn:
+        rid = _comment_record(ctx, conn, table, record_id, False)
+        rows = conn.execute(f"{COMMENT_SQL} WHERE c.record_id = ? AND c.deleted_at IS NULL ORDER BY c.id {order} "
+                            f"LIMIT ? OFFSET ?", (rid, limit, offset)).fetchall()
+        total = conn.execute("SELECT count(*) FROM comments WHERE record_id = ? AND deleted_at IS NULL",
+                             (rid,)).fetchall()[0][0]
+    items = [comment_object(r) for r in rows]
+    return {"comments": items, "pagination": pagination(limit, offset, len(items), total)}
+
+
+def comments_create(ctx, table_ref, record_id, body):
+    """POST …/comments (permission `comment`)."""
+    table = require_table(ctx.actor, ctx.schema, table_ref, "comment")
+    content = _content(body)
+    parent = body.get("parentCommentId")
+    if parent is not None and not _is_record_id(parent):
+        raise field_error("parentCommentId", "Parent comment not found")
+
+    def write(txn):
+        rid = _comment_record(ctx, txn.conn, table, record_id, True)
+        if parent is not None and not txn.execute("SELECT 1 FROM comments WHERE id = ? AND record_id = ? AND "
+                                                  "deleted_at IS NULL", (int(parent), rid)).fetchall():
+            raise field_error("parentCommentId", "Parent comment not found")
+        txn.execute("INSERT INTO comments (table_id, record_id, user_id, parent_id, content, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (table.id, rid, ctx.actor.id,
+                                                     int(parent) if parent is not None else None, content,
+                                                     txn.now, txn.now))
+        cid = txn.conn.last_insert_rowid()
+        return comment_object(txn.execute(f"{COMMENT_SQL} WHERE c.id = ?", (cid,)).fetchall()[0])
+    return ctx.transact(write)
+
+
+def _comment(conn, rid, comment_id):
+    cid = _path_id(comment_id)
+    rows = conn.execute(f"{COMMENT_SQL} WHERE c.id = ? AND c.record_id = ? AND c.deleted_at IS NULL",
+                        (cid, rid)).fetchall()
+    if not rows:
+        raise NotFoundError()
+    return comment_object(rows[0])
+
+
+def comments_get(ctx, table_ref, record_id, comment_id):
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+    with ctx.read() as conn:
+        return _comment(conn, _comment_record(ctx, conn, table, record_id, False), comment_id)
+
+
+def comments_update(ctx, table_ref, record_id, comment_id, body):
+    """PATCH …/comments/{commentId}: the author only (anyone in no-auth mode)."""
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+    content = _content(body)
+
+    def write(txn):
+        rid = _comment_record(ctx, txn.conn, table, record_id, False)
+        comment = _comment(txn.conn, rid, comment_id)
+        deleted = txn.execute("SELECT deleted_at FROM records WHERE id = ?", (rid,)).fetchall()[0][0]
+        if not ctx.actor.all_powerful and (ctx.actor.anonymous or comment["userId"] != ctx.actor.id):
+            raise deny(ctx.actor)
+        if deleted is not None:
+            raise ConflictError("Record is in the trash")
+        txn.execute("UPDATE comments SET content = ?, updated_at = ? WHERE id = ?", (content, txn.now, comment["id"]))
+        return _comment(txn.conn, rid, comment["id"])
+    return ctx.transact(write)
+
+
+def comments_delete(ctx, table_ref, record_id, comment_id):
+    """DELETE …/comments/{commentId}: soft delete by the author or an admin."""
+    table = require_table(ctx.actor, ctx.schema, table_ref)
+
+    def write(txn):
+        rid = _comment_record(ctx, txn.conn, table, record_id, False)
+        comment = _comment(txn.conn, rid, comment_id)
+        deleted = txn.execute("SELECT deleted_at FROM records WHERE id = ?", (rid,)).fetchall()[0][0]
+        if not ctx.actor.is_admin and (ctx.actor.anonymous or comment["userId"] != ctx.actor.id):
+            raise deny(ctx.actor)
+        if deleted is not None:
+            raise ConflictError("Record is in the trash")
+        txn.execute("UPDATE comments SET deleted_at = ? WHERE id = ?", (txn.now, comment["id"]))
+    ctx.transact(write)
+
+
+# -- activity (API.md §10) --------------------------------------------------------------------------
+
+ACTIVITY_ACTIONS = ("create", "update", "delete", "restore", "purge")
+
+
+def _time_bound(params, name, end):
+    raw = params.get(name)
+    if not raw:
+        return None
+    d = parse_date(raw)
+    if d is not None:
+        return d + ("T23:59:59.999Z" if end else "T00:00:00.000Z")
+    v = parse_datetime(raw, "UTC")
+    if v is None:
+        raise field_error(name, f"Parameter '{name}' must be an ISO 8601 date or date-time")
+    return v
+
+
+def _activity_scope(ctx):
+    """(SQL condition, params) of the history entries the caller may see (API.md §10.1)."""
+    actor = ctx.actor
+    if actor.is_admin:
+        return "1", []
+    parts, params = [], []
+    for t in ctx.schema.tables:
+        if not can(actor, t, "read"):
+            continue
+        row_sql, row_params = row_predicate(actor, t, "read", "rr")
+        if row_sql == "1":
+            parts.append(f"v.table_id = {t.id}")
+        else:
+            parts.append(f"(v.table_id = {t.id} AND EXISTS (SELECT 1 FROM records rr WHERE rr.id = v.record_id "
+                         f"AND rr.deleted_at IS NULL AND ({row_sql})))")
+            params += row_params
+    return ("(" + " OR ".join(parts) + ")" if parts else "0"), params
+
+
+def _activity_entry(ctx, row, detail=False):
+    vid, tid, rid, action, before, after, actor_id, created = row
+    table = ctx.schema.by_id.get(tid)
+    readable = readable_names(ctx.actor, table) if table else set()
+    if table is None:
+        with ctx.read(single=True) as conn:
+            name = conn.execute("SELECT name FROM app_tables WHERE id = ?", (tid,)).fetchall()
+        entry = {"id": vid, "action": action, "tableId": tid, "tableName": name[0][0] if name else None,
+                 "recordId": rid, "userId": actor_id, "createdAt": created, "changedFields": []}
+        if detail:
+            entry.update(changes={}, before=None, after=None)
+        return entry
+    h = history_entry(table, readable, vid, action, before, after, actor_id, created)
+    entry = {"id": vid, "action": action, "tableId": tid, "tableName": table.name, "recordId": rid,
+             "userId": actor_id, "createdAt": created, "changedFields": list(h["changes"])}
+    if detail:
+        entry.update(changes=h["changes"], before=h["before"], after=h["after"])
+    return entry
+
+
+def activity_list(ctx, params):
+    """GET /api/activity (API.md §10.1)."""
+    if ctx.actor.anonymous:
+        raise UnauthorizedError()
+    limit, offset = paginate_params(params, 50, ctx.settings["maxPageSize"])
+    where, args = [], []
+    scope, scope_params = _activity_scope(ctx)
+    where.append(scope)
+    args += scope_params
+    if params.get("tableId"):
+        tid = query_int(params, "tableId", 1, MAX_SAFE_INTEGER)
+        where.append("v.table_id = ?")
+        args.append(tid)
+    if params.get("tableName"):
+        where.append("v.table_id IN (SELECT id FROM app_tables WHERE name = ?)")
+        args.append(params["tableName"])
+    if params.get("recordId"):
+        where.append("v.record_id = ?")
+        args.append(query_int(params, "recordId", 1, MAX_SAFE_INTEGER))
+    if params.get("userId"):
+        where.append("v.actor_id = ?")
+        args.append(params["userId"])
+    if params.get("action"):
+        if params["action"] not in ACTIVITY_ACTIONS:
+            raise field_error("action", "Parameter 'action' must be one of: " + ", ".join(ACTIVITY_ACTIONS))
+        where.append("v.action = ?")
+        args.append(params["action"])
+    lo, hi = _time_bound(params, "from", False), _time_bound(params, "to", True)
+    if lo and hi and lo > hi:
+        raise field_error("from", "from must not be later than to")
+    if lo:
+        where.append("v.created_at >= ?")
+        args.append(lo)
+    if hi:
+        where.append("v.created_at <= ?")
+        args.append(hi)
+    clause = " AND ".join(where)
+    with ctx.read() as conn:
+        rows = conn.execute(f"{CTX_PREFIX}SELECT v.id, v.table_id, v.record_id, v.action, v.before, v.after, "
+                            f"v.actor_id, v.created_at FROM revisions v WHERE {clause} ORDER BY v.id DESC "
+                            f"LIMIT ? OFFSET ?", [ctx.now, *args, limit, offset]).fetchall()
+        ctx.next_query()
+        total = conn.execute(f"{CTX_PREFIX}SELECT count(*) FROM revisions v WHERE {clause}",
+                             [ctx.now, *args]).fetchall()[0][0]
+    entries = [_activity_entry(ctx, r) for r in rows]
+    return {"activities": entries, "pagination": pagination(limit, offset, len(entries), total)}
+
+
+def activity_get(ctx, activity_id):
+    """GET /api/activity/{activityId} with before, after and changes."""
+    if ctx.actor.anonymous:
+        raise UnauthorizedError()
+    vid = _path_id(activity_id)
+    scope, scope_params = _activity_scope(ctx)
+    with ctx.read() as conn:
+        rows = conn.execute(f"{CTX_PREFIX}SELECT v.id, v.table_id, v.record_id, v.action, v.before, v.after, "
+                            f"v.actor_id, v.created_at FROM revisions v WHERE v.id = ? AND {scope}",
+                            [ctx.now, vid, *scope_params]).fetchall()
+    if not rows:
+        raise NotFoundError()
+    return _activity_entry(ctx, rows[0], detail=True)
+
+
 def tables_list(ctx):
     """GET /api/tables (API.md §3.1)."""
     return {"tables": [{"id": t.id, "name": t.name, "description": t.conf["description"],
@@ -7648,6 +8291,37 @@ class TableHandle:
         """One page of records: the list envelope of API.md §4.7."""
         return records_list(self._ctx(), self.ref, _list_params(**kw)).value()
 
+    def restore(self, record_id):
+        """POST restore: bring a trashed record back."""
+        return records_restore(self._ctx(), self.ref, record_id).value()
+
+    def batch_create(self, records, return_records=True):
+        """POST records/batch."""
+        return records_batch_create(self._ctx(), self.ref, {"records": records,
+                                                            "returnRecords": return_records}).value()
+
+    def batch_update(self, records, return_records=True):
+        """PATCH records/batch."""
+        return records_batch_update(self._ctx(), self.ref, {"records": records,
+                                                            "returnRecords": return_records}).value()
+
+    def batch_delete(self, ids, permanent=False):
+        """DELETE records/batch."""
+        return records_batch_delete(self._ctx(), self.ref, {"ids": ids, "permanent": permanent})
+
+    def batch_restore(self, ids):
+        """POST records/batch/restore."""
+        return records_batch_restore(self._ctx(), self.ref, {"ids": ids})
+
+    def upsert(self, records, merge_on, return_records=True):
+        """POST records/upsert."""
+        return records_upsert(self._ctx(), self.ref, {"records": records, "fieldsToMergeOn": list(merge_on),
+                                                      "returnRecords": return_records}).value()
+
+    def trash(self, **list_params):
+        """GET trash (the list parameters of `list`)."""
+        return records_list(self._ctx(), self.ref, _list_params(**list_params), trash=True).value()
+
     def history(self, record_id, limit=50, offset=0):
         """GET a record's history."""
         return records_history(self._ctx(), self.ref, record_id, {"limit": str(limit), "offset": str(offset)})
@@ -7893,6 +8567,53 @@ AUTH_ROUTES = [
     ("POST", "/api/auth/admin/impersonate-user", _auth_route(admin_impersonate_user, "required")),
     ("POST", "/api/auth/admin/stop-impersonating", _auth_route(admin_stop_impersonating)),
 ]
+def _table_route(service, status=200, body=None, query=False):
+    """A handler for a table service: url args, then the JSON body or the query parameters."""
+    def handler(req, **kw):
+        args = [req.ctx(), *kw.values()]
+        if body is not None:
+            args.append(req.json(required=True) if body == "any" else
+                        req.json_object(required=body == "required"))
+        if query:
+            args.append(req.query)
+        out = service(*args)
+        return Response(204) if status == 204 else Response(status, out)
+    handler.__name__ = "route_" + service.__name__
+    return handler
+
+
+def route_records_batch_delete(req, t):
+    return Response(200, records_batch_delete(req.ctx(), t, req.json(required=True)))
+
+
+def route_activity_list(req):
+    return Response(200, activity_list(req.ctx(), req.query))
+
+
+def route_activity_get(req, aid):
+    return Response(200, activity_get(req.ctx(), aid))
+
+
+LITERAL_RECORD_PATHS = {"batch": "POST, PATCH, DELETE, OPTIONS", "upsert": "POST, OPTIONS"}
+LIFECYCLE_ROUTES = [
+    ("POST", "/api/tables/<t>/records/batch", _table_route(records_batch_create, 201, "any")),
+    ("PATCH", "/api/tables/<t>/records/batch", _table_route(records_batch_update, 200, "any")),
+    ("DELETE", "/api/tables/<t>/records/batch", route_records_batch_delete),
+    ("POST", "/api/tables/<t>/records/batch/restore", _table_route(records_batch_restore, 200, "any")),
+    ("POST", "/api/tables/<t>/records/upsert", _table_route(records_upsert, 200, "any")),
+    ("GET", "/api/tables/<t>/trash", lambda req, t: Response(200, records_list(req.ctx(), t, req.query, trash=True))),
+    ("POST", "/api/tables/<t>/records/<rid>/restore", _table_route(records_restore)),
+    ("GET", "/api/tables/<t>/records/<rid>/comments", _table_route(comments_list, query=True)),
+    ("POST", "/api/tables/<t>/records/<rid>/comments", _table_route(comments_create, 201, "required")),
+    ("GET", "/api/tables/<t>/records/<rid>/comments/<cid>", _table_route(comments_get)),
+    ("PATCH", "/api/tables/<t>/records/<rid>/comments/<cid>", _table_route(comments_update, 200, "required")),
+    ("DELETE", "/api/tables/<t>/records/<rid>/comments/<cid>", _table_route(comments_delete, 204)),
+    ("GET", "/api/tables/<t>/views", _table_route(views_list)),
+    ("GET", "/api/tables/<t>/views/<vid>", _table_route(views_get)),
+    ("GET", "/api/tables/<t>/views/<vid>/records", _table_route(views_records, query=True)),
+    ("GET", "/api/activity", route_activity_list),
+    ("GET", "/api/activity/<aid>", route_activity_get),
+]
 RECORD_ROUTES = [
     ("GET", "/api/tables/<t>/records", route_records_list),
     ("POST", "/api/tables/<t>/records", route_records_create),
@@ -7917,7 +8638,8 @@ class SovriumWsgi:
     def __init__(self, app):
         self.app = app
         self.router = bottle.Router()
-        for method, rule, handler in TABLE_ROUTES + RECORD_ROUTES + AUTH_ROUTES:
+        # Literal segments (batch, upsert, restore) are added before <rid> so they take precedence.
+        for method, rule, handler in TABLE_ROUTES + LIFECYCLE_ROUTES + RECORD_ROUTES + AUTH_ROUTES:
             self.router.add(rule, method, handler)
         self.inflight = 0
         self._count_lock = threading.Lock()
@@ -7971,6 +8693,10 @@ class SovriumWsgi:
                 allow.append("OPTIONS")
                 raise MethodNotAllowedError(headers={"Allow": ", ".join(allow)}) from None
             raise NotFoundError("Route not found") from None
+        literal = LITERAL_RECORD_PATHS.get(args.get("rid"))
+        if literal and path.endswith("/" + args["rid"]):
+            # `batch` and `upsert` are literal segments, never record ids (API.md §1.14).
+            raise MethodNotAllowedError(headers={"Allow": literal})
         body = self.read_body(environ, method)
         req = Req(self.app, environ, rid, body, client_ip(environ, self.app.trust_proxy))
         limits = self.rate_limit(method, path, req.ip)
