@@ -6088,7 +6088,7 @@ class _Writer:
         self.ctx, self.conn, self.table = ctx, conn, table
         self.access = field_access(ctx.actor, table)
 
-    def check_keys(self, values, prefix=""):
+    def check_keys(self, values, prefix="", permissions=True):
         errors = []
         for key in values:
             f = self.table.by_name.get(key)
@@ -6100,7 +6100,7 @@ class _Writer:
                 errors.append({"field": prefix + key, "message": f"Cannot write to readonly field '{key}'"})
         if errors:
             raise ValidationError("One or more fields failed validation", errors)
-        for key in values:
+        for key in values if permissions else ():
             if not self.access[key][1]:
                 raise deny(self.ctx.actor, f"You do not have permission to write field '{key}'")
 
@@ -6502,7 +6502,7 @@ def _batch_items(ctx, body, key):
     if not isinstance(items, list):
         raise field_error(key, f"Field '{key}' must be a list" if key in body else f"Field '{key}' is required")
     if not items:
-        raise field_error(key, "At least one record is required" if key == "records" else "At least one id is required")
+        raise field_error(key, "At least one record is required")
     limit = ctx.settings["batchLimit"]
     if len(items) > limit:
         raise PayloadTooLargeError(f"Batch size exceeds maximum of {limit} records")
@@ -6582,6 +6582,7 @@ def records_batch_create(ctx, table_ref, body):
                 raise field_error(f"records[{i}]", "Must be a JSON object") from None
             raise field_error(f"records[{i}].{exc.errors[0]['field']}", exc.errors[0]["message"]) from None
     names = [f.name for f in table.data_fields if f.name in readable_names(ctx.actor, table)]
+    _check_batch_keys(ctx, table, [(i, v) for i, v in enumerate(values)])
 
     def write(txn):
         errors, ids = [], []
@@ -6596,6 +6597,21 @@ def records_batch_create(ctx, table_ref, body):
         return _fetch_many(txn.conn, ctx, table, names, ids) if return_records else ids
     out = ctx.transact(write)
     return _records_body(out if return_records else [], len(out), return_records)
+
+
+def _check_batch_keys(ctx, table, items):
+    """Step 1 (keys) over every item, then step 2 (write permission), before any value is checked."""
+    w = _Writer(ctx, None, table)
+    errors = []
+    for i, values in items:
+        try:
+            w.check_keys(values, f"records[{i}].", permissions=False)
+        except ValidationError as exc:
+            errors += exc.errors
+    if errors:
+        raise ValidationError("One or more fields failed validation", errors)
+    for _, values in items:
+        w.check_keys(values, "")
 
 
 def records_batch_update(ctx, table_ref, body):
@@ -6632,6 +6648,7 @@ def records_batch_update(ctx, table_ref, body):
     if errors:
         raise ValidationError(errors=errors)
     names = [f.name for f in table.data_fields if f.name in readable_names(ctx.actor, table)]
+    _check_batch_keys(ctx, table, [(i, values) for i, _, values, _ in parsed])
 
     def write(txn):
         errs, ids = [], []
@@ -6700,13 +6717,13 @@ def restore_records(ctx, txn, table, ids, prefixes):
     marks = ", ".join("?" * len(ids))
     rows = {r[0]: (json.loads(r[1]), r[2]) for r in txn.execute(
         f"SELECT id, data, updated_at FROM records WHERE id IN ({marks})", ids)}
+    seen = set()
     for rid, field in zip(ids, prefixes):
         data, _ = rows[rid]
-        failed = set()
-        problems = w.check_unique(data, data, rid, "", failed, None)
+        problems = w.check_unique(data, data, rid, "", set(), seen)
         errors += [{"field": field, "message": p["message"]} for p in problems]
     if errors:
-        raise ValidationError(errors=errors)
+        raise ValidationError("One or more fields failed validation", errors)
     txn.bump(max(u for _, u in rows.values()))
     txn.execute(f"UPDATE records SET deleted_at = NULL, deleted_by = NULL, updated_at = ?, updated_by = ? "
                 f"WHERE id IN ({marks})", [txn.now, ctx.actor.id, *ids])
@@ -6727,7 +6744,7 @@ def records_restore(ctx, table_ref, record_id):
         try:
             restore_records(ctx, txn, table, [rid], ["record"])
         except ValidationError as exc:
-            raise ValidationError(exc.errors[0]["message"], [
+            raise ValidationError("One or more fields failed validation", [
                 {"field": _unique_field(e["message"]), "message": e["message"]} for e in exc.errors]) from None
         ctx.now = txn.now
         return RawJson(_fetch(txn.conn, ctx, table, names, "r.id = ?", [rid], deleted=True)[0], rid)
@@ -6805,7 +6822,7 @@ def records_upsert(ctx, table_ref, body):
         keys[key] = i
         parsed.append((i, values, [json.loads(k) for k in key]))
     if errors:
-        raise ValidationError(errors=errors)
+        raise ValidationError("One or more fields failed validation", errors)
     names = [f.name for f in table.data_fields if f.name in visible]
 
     def write(txn):
