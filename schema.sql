@@ -271,6 +271,8 @@ CREATE TABLE IF NOT EXISTS analytics_events (
   is_entrance     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS analytics_events_by_ts ON analytics_events (ts);
+CREATE INDEX IF NOT EXISTS analytics_events_by_visitor ON analytics_events (visitor, id);
+CREATE INDEX IF NOT EXISTS analytics_events_by_session ON analytics_events (session, ts);
 
 CREATE TABLE IF NOT EXISTS analytics_salts (
   day  TEXT PRIMARY KEY,

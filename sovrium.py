@@ -7924,7 +7924,373 @@ def admin_stop_impersonating(ctx):
     return {"session": session, "user": user}
 
 ###############################################################################
-# 14. Application and embedding API ###########################################
+# 14. Analytics ###############################################################
+###############################################################################
+
+COLLECT_MAX_BYTES = 16384
+BOT_MARKERS = ("bot", "crawl", "spider", "slurp", "headless", "phantomjs", "lighthouse", "pingdom", "uptime",
+               "monitor", "preview", "facebookexternalhit", "curl/", "wget/", "python-", "go-http-client",
+               "java/", "okhttp", "httpclient", "scrapy", "node-fetch", "axios/")
+UTM_MEMBERS = (("us", "utm_source"), ("um", "utm_medium"), ("uc", "utm_campaign"), ("ux", "utm_content"),
+               ("ut", "utm_term"))
+PERIODS = {"24h": datetime.timedelta(hours=24), "7d": datetime.timedelta(days=7),
+           "30d": datetime.timedelta(days=30), "90d": datetime.timedelta(days=90),
+           "12m": datetime.timedelta(days=365)}
+TRACKING_SCRIPT = r"""(function(){var s=document.currentScript,d=document,w=window,n=navigator;
+if(!s)return;if(n.webdriver&&!s.hasAttribute("data-allow-automation"))return;
+var u=new URL("collect",s.src.replace(/[^\/]*$/,"")).href,last=null;
+function send(){var p=location.href;if(p===last)return;last=p;
+var b=JSON.stringify({p:p,t:d.title,r:d.referrer,sw:screen.width,sh:screen.height});
+try{if(n.sendBeacon&&n.sendBeacon(u,new Blob([b],{type:"text/plain"})))return}catch(e){}
+try{fetch(u,{method:"POST",body:b,headers:{"Content-Type":"text/plain"},keepalive:true,credentials:"omit",mode:"cors"})}catch(e){}}
+var h=w.history;["pushState","replaceState"].forEach(function(k){var o=h[k];
+h[k]=function(){var r=o.apply(this,arguments);send();return r}});
+w.addEventListener("popstate",send);
+if(d.readyState==="loading")d.addEventListener("DOMContentLoaded",send);else send()})();
+"""
+
+
+def parse_user_agent(ua):
+    """(device, browser, os) by the rules of API.md §11.2 step 8 (case-insensitive)."""
+    u = ua.lower()
+    if re.search(r"ipad|tablet|kindle|silk|playbook", u) or ("android" in u and "mobile" not in u):
+        device = "tablet"
+    elif re.search(r"mobi|iphone|ipod|android|windows phone|blackberry|opera mini", u):
+        device = "mobile"
+    else:
+        device = "desktop"
+    if "edg/" in u:
+        browser = "Edge"
+    elif "opr/" in u or "opera" in u:
+        browser = "Opera"
+    elif "samsungbrowser" in u:
+        browser = "Samsung Internet"
+    elif "firefox/" in u or "fxios" in u:
+        browser = "Firefox"
+    elif "chrome/" in u or "crios" in u:
+        browser = "Chrome"
+    elif "safari/" in u:
+        browser = "Safari"
+    else:
+        browser = "Other"
+    if re.search(r"iphone|ipad|ipod", u):
+        os_name = "iOS"
+    elif "android" in u:
+        os_name = "Android"
+    elif "cros" in u:
+        os_name = "Chrome OS"
+    elif "windows" in u:
+        os_name = "Windows"
+    elif re.search(r"mac os x|macintosh", u):
+        os_name = "macOS"
+    elif "linux" in u:
+        os_name = "Linux"
+    else:
+        os_name = "Other"
+    return device, browser, os_name
+
+
+def _url_host(url):
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
+
+
+def _collect_body(body):
+    """Validate a collect body → cleaned members; 400 with one entry per bad member."""
+    if not isinstance(body, dict):
+        raise field_error("body", "Request body must be a JSON object")
+    errors, out = [], {}
+
+    def text(name, limit, required=False):
+        value = body.get(name)
+        if value is None:
+            if required:
+                errors.append({"field": name, "message": f"Field '{name}' is required"})
+            return None
+        if not isinstance(value, str):
+            errors.append({"field": name, "message": f"Field '{name}' must be a string"})
+            return None
+        if len(value) > limit:
+            errors.append({"field": name, "message": f"Field '{name}' must be at most {limit} characters"})
+            return None
+        return value
+
+    p = text("p", 2048, required=True)
+    if p is not None:
+        if not p or not (p.startswith("/") or re.match(r"^https?://[^/\s?#]+", p, re.I)):
+            errors.append({"field": "p", "message": "Field 'p' must be an http(s) URL or a path starting with /"})
+        else:
+            out["p"] = p
+    out["t"] = text("t", 512)
+    out["r"] = text("r", 2048)
+    for name in ("sw", "sh"):
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
+                errors.append({"field": name, "message": f"Field '{name}' must be an integer between 1 and 100000"})
+            else:
+                out[name] = value
+    for member, _ in UTM_MEMBERS:
+        out[member] = text(member, 256)
+    if errors:
+        raise ValidationError(errors=errors)
+    return out
+
+
+def _glob_match(pattern, path):
+    return re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), path) is not None
+
+
+def analytics_collect(ctx, body, headers):
+    """POST /api/analytics/collect: store or drop one page view (always 202 when valid)."""
+    conf = ctx.schema.analytics
+    data = _collect_body(body)
+    p = data["p"]
+    absolute = not p.startswith("/")
+    host = _url_host(p) if absolute else None
+    if host is None:
+        for h in (headers.get("origin"), headers.get("referer")):
+            host = _url_host(h) if h else None
+            if host:
+                break
+    if host is None:
+        host = (headers.get("host") or "").split(":")[0].lower() or None
+    ua = headers.get("user-agent") or ""
+    purpose = (headers.get("sec-purpose") or "") + (headers.get("purpose") or "")
+    if (not ua.strip() or any(m in ua.lower() for m in BOT_MARKERS) or "prefetch" in purpose.lower()
+            or (conf["respectDoNotTrack"] and (headers.get("dnt") == "1" or headers.get("sec-gpc") == "1"))
+            or (conf["allowedHosts"] and host not in conf["allowedHosts"])):
+        return
+    try:
+        parts = urllib.parse.urlsplit(p)
+    except ValueError:
+        return
+    path = parts.path or "/"
+    if any(_glob_match(g, path) for g in conf["excludedPaths"]):
+        return
+    query = dict(urllib.parse.parse_qsl(parts.query)) if absolute or "?" in p else {}
+    utm = {col: data[m] if data[m] is not None else (query.get(col) or None) for m, col in UTM_MEMBERS}
+    ref_host = _url_host(data["r"]) if data["r"] else None
+    if ref_host and ref_host.startswith("www."):
+        ref_host = ref_host[4:]
+    site = host[4:] if host and host.startswith("www.") else host
+    if ref_host == site or (data["r"] and ref_host == host):
+        ref_host = None
+    device, browser, os_name = parse_user_agent(ua)
+    lang = (headers.get("accept-language") or "").split(",")[0].split(";")[0].strip().lower() or None
+    now_dt = ctx.app.clock()
+    day = now_dt.strftime("%Y-%m-%d")
+    timeout = datetime.timedelta(minutes=conf["sessionTimeoutMinutes"])
+
+    def write(txn):
+        salt = _daily_salt(txn, day)
+        visitor = hashlib.sha256(f"{salt}|{ctx.ip}|{ua}|{host}".encode("utf-8")).hexdigest()
+        last = txn.execute("SELECT session, ts FROM analytics_events WHERE visitor = ? ORDER BY id DESC LIMIT 1",
+                           (visitor,)).fetchall()
+        now = format_ts(now_dt)
+        if last and parse_ts(last[0][1]) + timeout > now_dt:
+            session, entrance = last[0][0], 0
+        else:
+            session, entrance = new_id(), 1
+        txn.execute("INSERT INTO analytics_events (ts, host, path, title, referrer, referrer_domain, utm_source, "
+                    "utm_medium, utm_campaign, utm_content, utm_term, device, browser, os, language, screen_w, "
+                    "screen_h, visitor, session, is_entrance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                    "?, ?, ?, ?, ?)", (now, host, path, data["t"], data["r"], ref_host, utm["utm_source"],
+                                       utm["utm_medium"], utm["utm_campaign"], utm["utm_content"], utm["utm_term"],
+                                       device, browser, os_name, lang, data.get("sw"), data.get("sh"), visitor,
+                                       session, entrance))
+    ctx.transact(write)
+
+
+def _daily_salt(txn, day):
+    """The salt of `day`; creating it deletes every earlier day's salt (no linking across days)."""
+    rows = txn.execute("SELECT salt FROM analytics_salts WHERE day = ?", (day,)).fetchall()
+    if rows:
+        return rows[0][0]
+    salt = secrets.token_hex(32)
+    txn.execute("DELETE FROM analytics_salts WHERE day <> ?", (day,))
+    txn.execute("INSERT INTO analytics_salts (day, salt) VALUES (?, ?)", (day, salt))
+    return salt
+
+
+def _require_analytics_admin(ctx):
+    if not ctx.schema.analytics["enabled"]:
+        raise NotFoundError("Route not found")
+    if ctx.actor.anonymous:
+        raise UnauthorizedError()
+    if not ctx.actor.is_admin:
+        raise ForbiddenError()
+
+
+def analytics_range(ctx, params, with_interval=False):
+    """(from, to, interval or None, labels) of a report request (API.md §11.3)."""
+    now = ctx.app.clock()
+    period = params.get("period")
+    has_range = bool(params.get("from") or params.get("to"))
+    if period and has_range:
+        raise field_error("period", "Use either period or from/to, not both")
+    if has_range:
+        if not (params.get("from") and params.get("to")):
+            missing = "to" if params.get("from") else "from"
+            raise field_error(missing, f"Parameter '{missing}' is required with '{'from' if missing == 'to' else 'to'}'")
+        lo, hi = _time_bound(params, "from", False), _time_bound(params, "to", True)
+        if lo > hi:
+            raise field_error("from", "from must not be later than to")
+        start, end = parse_ts(lo), parse_ts(hi)
+    else:
+        period = period or "30d"
+        if period not in PERIODS:
+            raise field_error("period", "Parameter 'period' must be one of: 24h, 7d, 30d, 90d, 12m")
+        end = now
+        start = now - PERIODS[period]
+    interval, labels = None, None
+    if with_interval:
+        interval = params.get("interval")
+        span = end - start
+        if interval is None:
+            interval = "hour" if span <= datetime.timedelta(hours=48) else "day" if span <= datetime.timedelta(days=92) else "month"
+        if interval not in ("hour", "day", "month"):
+            raise field_error("interval", "Parameter 'interval' must be one of: hour, day, month")
+        labels = _bucket_labels(start, end, interval)
+    return start, end, interval, labels
+
+
+def _bucket_labels(start, end, interval):
+    labels = []
+    if interval == "hour":
+        t = start.replace(minute=0, second=0, microsecond=0)
+        step = lambda x: x + datetime.timedelta(hours=1)
+        fmt = lambda x: x.strftime("%Y-%m-%dT%H:00:00Z")
+    elif interval == "day":
+        t = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        step = lambda x: x + datetime.timedelta(days=1)
+        fmt = lambda x: x.strftime("%Y-%m-%d")
+    else:
+        t = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        step = lambda x: (x.replace(year=x.year + 1, month=1) if x.month == 12 else x.replace(month=x.month + 1))
+        fmt = lambda x: x.strftime("%Y-%m")
+    while t <= end:
+        labels.append(fmt(t))
+        if len(labels) > 1000:
+            raise field_error("interval", "Too many intervals for this range")
+        t = step(t)
+    return labels
+
+
+BUCKET_SQL = {"hour": "substr(ts, 1, 13) || ':00:00Z'", "day": "substr(ts, 1, 10)", "month": "substr(ts, 1, 7)"}
+
+
+def _range_echo(start, end, interval=None):
+    out = {"from": format_ts(start), "to": format_ts(end)}
+    if interval:
+        out["interval"] = interval
+    return out
+
+
+def analytics_overview(ctx, params):
+    """GET /api/analytics/overview."""
+    _require_analytics_admin(ctx)
+    start, end, interval, labels = analytics_range(ctx, params, True)
+    lo, hi = format_ts(start), format_ts(end)
+    with ctx.read() as conn:
+        views, visitors = conn.execute("SELECT count(*), count(DISTINCT visitor) FROM analytics_events "
+                                       "WHERE ts >= ? AND ts <= ?", (lo, hi)).fetchall()[0]
+        ctx.next_query()
+        sessions, bounces, duration = conn.execute(
+            "SELECT count(*), coalesce(sum(n = 1), 0), coalesce(avg(secs), 0) FROM (SELECT e.session, "
+            "(SELECT count(*) FROM analytics_events x WHERE x.session = e.session) AS n, "
+            "(SELECT CAST((julianday(max(x.ts)) - julianday(min(x.ts))) * 86400 AS INTEGER) FROM analytics_events x "
+            "WHERE x.session = e.session) AS secs FROM analytics_events e WHERE e.is_entrance = 1 AND e.ts >= ? "
+            "AND e.ts <= ?)", (lo, hi)).fetchall()[0]
+        ctx.next_query()
+        series = {row[0]: row[1:] for row in conn.execute(
+            f"SELECT {BUCKET_SQL[interval]} AS b, count(*), count(DISTINCT visitor), coalesce(sum(is_entrance), 0) "
+            f"FROM analytics_events WHERE ts >= ? AND ts <= ? GROUP BY b", (lo, hi))}
+    summary = {"pageViews": views, "uniqueVisitors": visitors, "sessions": sessions,
+               "viewsPerSession": round(views / sessions, 2) if sessions else 0,
+               "bounceRate": round(bounces * 100 / sessions, 2) if sessions else 0,
+               "avgSessionDuration": int(duration) if sessions else 0}
+    time_series = [{"period": b, "pageViews": series.get(b, (0, 0, 0))[0], "uniqueVisitors": series.get(b, (0, 0, 0))[1],
+                    "sessions": series.get(b, (0, 0, 0))[2]} for b in labels]
+    return {"summary": summary, "timeSeries": time_series, "range": _range_echo(start, end, interval)}
+
+
+def _grouped(ctx, params, key, columns, where_extra=""):
+    _require_analytics_admin(ctx)
+    start, end, _, _ = analytics_range(ctx, params)
+    limit = query_int(params, "limit", 1, 1000, 50)
+    lo, hi = format_ts(start), format_ts(end)
+    order = ", ".join(f"{c} IS NULL, {c}" for c in columns)
+    with ctx.read() as conn:
+        rows = conn.execute(f"SELECT {key}, count(*) AS views, count(DISTINCT visitor) FROM analytics_events "
+                            f"WHERE ts >= ? AND ts <= ? {where_extra} GROUP BY {key} ORDER BY views DESC, {order} "
+                            f"LIMIT ?", (lo, hi, limit)).fetchall()
+        ctx.next_query()
+        total = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM analytics_events WHERE ts >= ? AND ts <= ? "
+                             f"{where_extra} GROUP BY {key})", (lo, hi)).fetchall()[0][0]
+    return rows, total, _range_echo(start, end)
+
+
+def analytics_pages(ctx, params):
+    """GET /api/analytics/pages."""
+    rows, total, rng = _grouped(ctx, params, "path", ["path"])
+    return {"pages": [{"path": p, "pageViews": v, "uniqueVisitors": u} for p, v, u in rows], "total": total,
+            "range": rng}
+
+
+def analytics_referrers(ctx, params):
+    """GET /api/analytics/referrers (the null domain is direct and internal traffic)."""
+    rows, total, rng = _grouped(ctx, params, "referrer_domain", ["referrer_domain"])
+    return {"referrers": [{"domain": d, "pageViews": v, "uniqueVisitors": u} for d, v, u in rows],
+            "total": total, "range": rng}
+
+
+def analytics_campaigns(ctx, params):
+    """GET /api/analytics/campaigns: events with at least one UTM value, by source, medium, campaign."""
+    cols = ["utm_source", "utm_medium", "utm_campaign"]
+    extra = "AND (" + " OR ".join(f"{c} IS NOT NULL" for _, c in UTM_MEMBERS) + ")"
+    _require_analytics_admin(ctx)
+    start, end, _, _ = analytics_range(ctx, params)
+    limit = query_int(params, "limit", 1, 1000, 50)
+    lo, hi = format_ts(start), format_ts(end)
+    order = ", ".join(f"{c} IS NULL, {c}" for c in cols)
+    with ctx.read() as conn:
+        rows = conn.execute(f"SELECT {', '.join(cols)}, count(*) AS views, count(DISTINCT visitor) FROM "
+                            f"analytics_events WHERE ts >= ? AND ts <= ? {extra} GROUP BY {', '.join(cols)} "
+                            f"ORDER BY views DESC, {order} LIMIT ?", (lo, hi, limit)).fetchall()
+        ctx.next_query()
+        total = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM analytics_events WHERE ts >= ? AND ts <= ? {extra} "
+                             f"GROUP BY {', '.join(cols)})", (lo, hi)).fetchall()[0][0]
+    return {"campaigns": [{"source": s, "medium": m, "campaign": c, "pageViews": v, "uniqueVisitors": u}
+                          for s, m, c, v, u in rows], "total": total, "range": _range_echo(start, end)}
+
+
+def analytics_devices(ctx, params):
+    """GET /api/analytics/devices: page views by device type, browser and operating system."""
+    _require_analytics_admin(ctx)
+    start, end, _, _ = analytics_range(ctx, params)
+    lo, hi = format_ts(start), format_ts(end)
+    out = {}
+    with ctx.read() as conn:
+        total = conn.execute("SELECT count(*) FROM analytics_events WHERE ts >= ? AND ts <= ?",
+                             (lo, hi)).fetchall()[0][0]
+        for key, column in (("deviceTypes", "device"), ("browsers", "browser"), ("operatingSystems", "os")):
+            ctx.next_query()
+            rows = conn.execute(f"SELECT {column}, count(*) AS n FROM analytics_events WHERE ts >= ? AND ts <= ? "
+                                f"GROUP BY {column} ORDER BY n DESC, {column}", (lo, hi)).fetchall()
+            out[key] = [{"name": name, "count": n, "percentage": round(n * 100 / total, 2) if total else 0}
+                        for name, n in rows]
+    out["range"] = _range_echo(start, end)
+    return out
+
+
+###############################################################################
+# 15. Application and embedding API ###########################################
 ###############################################################################
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -8209,6 +8575,19 @@ class App:
                     except ConflictError:
                         skipped.add(rid)
             counts["skipped"] = len(skipped)
+        analytics = self.schema.analytics
+        if analytics["enabled"] or analytics["retentionDays"]:
+            cutoff = format_ts(now_dt - datetime.timedelta(days=analytics["retentionDays"]))
+            counts["analytics"] = 0
+            while True:
+                with self.db.write(now=now) as txn:
+                    txn.execute(f"DELETE FROM analytics_events WHERE id IN (SELECT id FROM analytics_events WHERE "
+                                f"ts < ? ORDER BY ts LIMIT {HOUSEKEEPING_BATCH})", (cutoff,))
+                    n = txn.conn.changes()
+                    txn.execute("DELETE FROM analytics_salts WHERE day < ?", (now[:10],))
+                counts["analytics"] += n
+                if n < HOUSEKEEPING_BATCH:
+                    break
         with contextlib.suppress(apsw.Error):
             self.db.conn().execute("PRAGMA optimize")
         self.log("retention", **counts)
@@ -8373,7 +8752,7 @@ class UserView:
         return TableHandle(self.app, name_or_id, self.actor)
 
 ###############################################################################
-# 15. HTTP layer ##############################################################
+# 16. HTTP layer ##############################################################
 ###############################################################################
 
 import bottle  # noqa: E402  (only this section knows Bottle)
@@ -8611,6 +8990,33 @@ def route_activity_get(req, aid):
     return Response(200, activity_get(req.ctx(), aid))
 
 
+def route_analytics_collect(req):
+    ctx = req.ctx()
+    ctype = req.environ.get("CONTENT_TYPE", "")
+    if ctype.split(";")[0].strip().lower() == "text/plain":
+        req.environ["CONTENT_TYPE"] = "application/json"
+    body = req.json_object(required=True)
+    headers = {k[5:].replace("_", "-").lower(): v for k, v in req.environ.items() if k.startswith("HTTP_")}
+    analytics_collect(ctx, body, headers)
+    return Response(202, None, [("Access-Control-Allow-Origin", "*")])
+
+
+def route_analytics_script(req):
+    return Response(200, TRACKING_SCRIPT.encode("utf-8"), [
+        ("Content-Type", "application/javascript; charset=utf-8"), ("Access-Control-Allow-Origin", "*"),
+        ("Cache-Control", "public, max-age=3600")])
+
+
+PUBLIC_CORS_PATHS = ("/api/analytics/collect", "/api/analytics/script.js")   # always `*`, never credentials
+ANALYTICS_ROUTES = [
+    ("POST", "/api/analytics/collect", route_analytics_collect),
+    ("GET", "/api/analytics/script.js", route_analytics_script),
+    ("GET", "/api/analytics/overview", _table_route(analytics_overview, query=True)),
+    ("GET", "/api/analytics/pages", _table_route(analytics_pages, query=True)),
+    ("GET", "/api/analytics/referrers", _table_route(analytics_referrers, query=True)),
+    ("GET", "/api/analytics/devices", _table_route(analytics_devices, query=True)),
+    ("GET", "/api/analytics/campaigns", _table_route(analytics_campaigns, query=True)),
+]
 LITERAL_RECORD_PATHS = {"batch": "POST, PATCH, DELETE, OPTIONS", "upsert": "POST, OPTIONS"}
 LIFECYCLE_ROUTES = [
     ("POST", "/api/tables/<t>/records/batch", _table_route(records_batch_create, 201, "any")),
@@ -8656,7 +9062,8 @@ class SovriumWsgi:
         self.app = app
         self.router = bottle.Router()
         # Literal segments (batch, upsert, restore) are added before <rid> so they take precedence.
-        for method, rule, handler in TABLE_ROUTES + LIFECYCLE_ROUTES + RECORD_ROUTES + AUTH_ROUTES:
+        for method, rule, handler in (TABLE_ROUTES + LIFECYCLE_ROUTES + RECORD_ROUTES + AUTH_ROUTES
+                                      + ANALYTICS_ROUTES):
             self.router.add(rule, method, handler)
         self.inflight = 0
         self._count_lock = threading.Lock()
@@ -8730,6 +9137,8 @@ class SovriumWsgi:
 
     def check_feature(self, path):
         """Paths of features that are not configured answer 404 for every method (API.md §1.12)."""
+        if path.startswith("/api/analytics/") and not self.app.schema.analytics["enabled"]:
+            raise NotFoundError("Route not found")
         if path.startswith("/api/auth/") or path == "/api/auth":
             auth = self.app.schema.auth
             if auth is None:
@@ -8822,6 +9231,8 @@ class SovriumWsgi:
 
     def read_body(self, environ, method):
         limit = self.app.schema.settings["maxBodyBytes"]
+        if environ.get("PATH_INFO") == "/api/analytics/collect":
+            limit = min(limit, COLLECT_MAX_BYTES)
         too_large = PayloadTooLargeError(f"Request body exceeds the maximum size of {limit} bytes")
         declared = environ.get("CONTENT_LENGTH")
         if declared:
@@ -8880,17 +9291,21 @@ class SovriumWsgi:
         body = resp.body
         headers = [("X-Request-Id", rid), *SECURITY_HEADERS,
                    ("X-Sovrium-Schema-Version", str(self.app.schema_version))]
-        if environ.get("REQUEST_METHOD") != "OPTIONS":
+        if environ.get("REQUEST_METHOD") != "OPTIONS" and environ.get("PATH_INFO") not in PUBLIC_CORS_PATHS:
             headers += self.cors(environ)
-        headers += resp.headers
+        overrides = {k.lower() for k, _ in resp.headers}
+        headers = [h for h in headers if h[0].lower() not in overrides] + resp.headers
         if body is None or resp.status == 204:
             data = b""
         else:
-            if isinstance(body, RawJson):
+            if isinstance(body, bytes):
+                data = body
+            elif isinstance(body, RawJson):
                 data = body.text.encode("utf-8")
             else:
                 data = dumps(body).encode("utf-8")
-            headers.append(("Content-Type", "application/json"))
+            if not any(k.lower() == "content-type" for k, _ in resp.headers):
+                headers.append(("Content-Type", "application/json"))
         headers.append(("Content-Length", str(len(data))))
         if method == "HEAD":
             data = b""
@@ -8960,7 +9375,7 @@ def build_wsgi(app):
     return SovriumWsgi(app)
 
 ###############################################################################
-# 16. Server and CLI ##########################################################
+# 17. Server and CLI ##########################################################
 ###############################################################################
 
 import argparse  # noqa: E402
