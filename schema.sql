@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS record_counts (
   trashed  INTEGER NOT NULL DEFAULT 0
 );
 
+-- The number of revisions, kept by triggers, so the activity log's unfiltered total is instant.
+CREATE TABLE IF NOT EXISTS revision_counts (
+  id    INTEGER PRIMARY KEY CHECK (id = 1),
+  total INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO revision_counts (id, total) VALUES (1, 0);
+
 -- Revisions: one row per insert, update, soft delete, restore and purge of a record.
 -- Doubles as the activity log.
 CREATE TABLE IF NOT EXISTS revisions (
@@ -348,6 +355,16 @@ CREATE TRIGGER IF NOT EXISTS records_count_delete AFTER DELETE ON records
 BEGIN
   UPDATE record_counts SET live = live - (OLD.deleted_at IS NULL), trashed = trashed - (OLD.deleted_at IS NOT NULL)
    WHERE table_id = OLD.table_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS revisions_count_insert AFTER INSERT ON revisions
+BEGIN
+  UPDATE revision_counts SET total = total + 1 WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS revisions_count_delete AFTER DELETE ON revisions
+BEGIN
+  UPDATE revision_counts SET total = total - 1 WHERE id = 1;
 END;
 
 -- Link triggers: keep `links` in step with the arrays of the fields listed in `link_fields`.

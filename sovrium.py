@@ -7131,8 +7131,11 @@ def activity_list(ctx, params):
                             f"v.actor_id, v.created_at FROM revisions v WHERE {clause} ORDER BY v.id DESC "
                             f"LIMIT ? OFFSET ?", [ctx.now, *args, limit, offset]).fetchall()
         ctx.next_query()
-        total = conn.execute(f"{CTX_PREFIX}SELECT count(*) FROM revisions v WHERE {clause}",
-                             [ctx.now, *args]).fetchall()[0][0]
+        if clause == "1":   # an admin's unfiltered log: the trigger-kept total
+            total = conn.execute("SELECT total FROM revision_counts WHERE id = 1").fetchall()[0][0]
+        else:
+            total = conn.execute(f"{CTX_PREFIX}SELECT count(*) FROM revisions v WHERE {clause}",
+                                 [ctx.now, *args]).fetchall()[0][0]
     entries = [_activity_entry(ctx, r) for r in rows]
     return {"activities": entries, "pagination": pagination(limit, offset, len(entries), total)}
 

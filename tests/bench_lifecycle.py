@@ -76,7 +76,7 @@ def build(path):
 
 
 def main():
-    path = os.path.join(tempfile.gettempdir(), "sovrium-bench-lifecycle-v1.db")
+    path = os.path.join(tempfile.gettempdir(), "sovrium-bench-lifecycle-v2.db")
     if not os.path.exists(path):
         build(path)
     with sovrium.App(CONFIG, db_path=path, env={}) as app:
