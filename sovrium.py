@@ -15,14 +15,16 @@ The HTTP contract is API.md, the configuration CONFIG.md, the runtime OPERATIONS
 
 Sections (``grep -n '^# [0-9].*####' sovrium.py``):
 
-    1. Settings and constants      9. Permissions
-    2. Errors                      10. Query compiler
-    3. Utilities                   11. Records
-    4. Values and time             12. Application and embedding API
-    5. Configuration loading       13. HTTP layer
-    6. Formula language            14. Server and CLI
-    7. Configuration validation
-    8. Storage
+    1. Settings and constants      10. Permissions
+    2. Errors                      11. Query compiler
+    3. Utilities                   12. Records (lists, writes, batch, trash, history, comments,
+    4. Values and time                 views, activity)
+    5. Configuration loading       13. Accounts and sessions (/api/auth)
+    6. Formula language            14. Analytics
+    7. Configuration: validation,  15. Application and embedding API
+       normalization, schema model 16. HTTP layer (the only section that knows Bottle)
+    8. Storage                     17. Server and CLI
+    9. Authentication
 """
 
 import base64
@@ -8218,16 +8220,19 @@ def analytics_overview(ctx, params):
                "viewsPerSession": round(views / sessions, 2) if sessions else 0,
                "bounceRate": round(bounces * 100 / sessions, 2) if sessions else 0,
                "avgSessionDuration": int(duration) if sessions else 0}
-    time_series = [{"period": b, "pageViews": series.get(b, (0, 0, 0))[0], "uniqueVisitors": series.get(b, (0, 0, 0))[1],
-                    "sessions": series.get(b, (0, 0, 0))[2]} for b in labels]
+    empty = (0, 0, 0)
+    time_series = [dict(zip(("period", "pageViews", "uniqueVisitors", "sessions"), (b, *series.get(b, empty))))
+                   for b in labels]
     return {"summary": summary, "timeSeries": time_series, "range": _range_echo(start, end, interval)}
 
 
-def _grouped(ctx, params, key, columns, where_extra=""):
+def _grouped(ctx, params, columns, where_extra=""):
+    """Page views and unique visitors grouped by `columns`, most viewed first (nulls last on ties)."""
     _require_analytics_admin(ctx)
     start, end, _, _ = analytics_range(ctx, params)
     limit = query_int(params, "limit", 1, 1000, 50)
     lo, hi = format_ts(start), format_ts(end)
+    key = ", ".join(columns)
     order = ", ".join(f"{c} IS NULL, {c}" for c in columns)
     with ctx.read() as conn:
         rows = conn.execute(f"SELECT {key}, count(*) AS views, count(DISTINCT visitor) FROM analytics_events "
@@ -8241,36 +8246,24 @@ def _grouped(ctx, params, key, columns, where_extra=""):
 
 def analytics_pages(ctx, params):
     """GET /api/analytics/pages."""
-    rows, total, rng = _grouped(ctx, params, "path", ["path"])
+    rows, total, rng = _grouped(ctx, params, ["path"])
     return {"pages": [{"path": p, "pageViews": v, "uniqueVisitors": u} for p, v, u in rows], "total": total,
             "range": rng}
 
 
 def analytics_referrers(ctx, params):
     """GET /api/analytics/referrers (the null domain is direct and internal traffic)."""
-    rows, total, rng = _grouped(ctx, params, "referrer_domain", ["referrer_domain"])
+    rows, total, rng = _grouped(ctx, params, ["referrer_domain"])
     return {"referrers": [{"domain": d, "pageViews": v, "uniqueVisitors": u} for d, v, u in rows],
             "total": total, "range": rng}
 
 
 def analytics_campaigns(ctx, params):
     """GET /api/analytics/campaigns: events with at least one UTM value, by source, medium, campaign."""
-    cols = ["utm_source", "utm_medium", "utm_campaign"]
     extra = "AND (" + " OR ".join(f"{c} IS NOT NULL" for _, c in UTM_MEMBERS) + ")"
-    _require_analytics_admin(ctx)
-    start, end, _, _ = analytics_range(ctx, params)
-    limit = query_int(params, "limit", 1, 1000, 50)
-    lo, hi = format_ts(start), format_ts(end)
-    order = ", ".join(f"{c} IS NULL, {c}" for c in cols)
-    with ctx.read() as conn:
-        rows = conn.execute(f"SELECT {', '.join(cols)}, count(*) AS views, count(DISTINCT visitor) FROM "
-                            f"analytics_events WHERE ts >= ? AND ts <= ? {extra} GROUP BY {', '.join(cols)} "
-                            f"ORDER BY views DESC, {order} LIMIT ?", (lo, hi, limit)).fetchall()
-        ctx.next_query()
-        total = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM analytics_events WHERE ts >= ? AND ts <= ? {extra} "
-                             f"GROUP BY {', '.join(cols)})", (lo, hi)).fetchall()[0][0]
+    rows, total, rng = _grouped(ctx, params, ["utm_source", "utm_medium", "utm_campaign"], extra)
     return {"campaigns": [{"source": s, "medium": m, "campaign": c, "pageViews": v, "uniqueVisitors": u}
-                          for s, m, c, v, u in rows], "total": total, "range": _range_echo(start, end)}
+                          for s, m, c, v, u in rows], "total": total, "range": rng}
 
 
 def analytics_devices(ctx, params):
