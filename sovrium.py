@@ -8161,11 +8161,11 @@ def analytics_range(ctx, params, with_interval=False):
             interval = "hour" if span <= datetime.timedelta(hours=48) else "day" if span <= datetime.timedelta(days=92) else "month"
         if interval not in ("hour", "day", "month"):
             raise field_error("interval", "Parameter 'interval' must be one of: hour, day, month")
-        labels = _bucket_labels(start, end, interval)
+        labels = _bucket_labels(start, end, interval, inclusive=has_range)
     return start, end, interval, labels
 
 
-def _bucket_labels(start, end, interval):
+def _bucket_labels(start, end, interval, inclusive):
     labels = []
     if interval == "hour":
         t = start.replace(minute=0, second=0, microsecond=0)
@@ -8179,7 +8179,9 @@ def _bucket_labels(start, end, interval):
         t = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         step = lambda x: (x.replace(year=x.year + 1, month=1) if x.month == 12 else x.replace(month=x.month + 1))
         fmt = lambda x: x.strftime("%Y-%m")
-    while t <= end:
+    # Every UTC-aligned bucket that intersects the range. from/to are both inclusive (API.md §1.10);
+    # a period ends now, exclusive (clarification 7: period=24h on the hour has 24 hourly buckets).
+    while t < end or (inclusive and t == end) or not labels:
         labels.append(fmt(t))
         if len(labels) > 1000:
             raise field_error("interval", "Too many intervals for this range")
@@ -8209,7 +8211,7 @@ def analytics_overview(ctx, params):
         sessions, bounces, duration = conn.execute(
             "SELECT count(*), coalesce(sum(n = 1), 0), coalesce(avg(secs), 0) FROM (SELECT e.session, "
             "(SELECT count(*) FROM analytics_events x WHERE x.session = e.session) AS n, "
-            "(SELECT CAST((julianday(max(x.ts)) - julianday(min(x.ts))) * 86400 AS INTEGER) FROM analytics_events x "
+            "(SELECT round((julianday(max(x.ts)) - julianday(min(x.ts))) * 86400000) / 1000.0 FROM analytics_events x "
             "WHERE x.session = e.session) AS secs FROM analytics_events e WHERE e.is_entrance = 1 AND e.ts >= ? "
             "AND e.ts <= ?)", (lo, hi)).fetchall()[0]
         ctx.next_query()
@@ -8219,7 +8221,7 @@ def analytics_overview(ctx, params):
     summary = {"pageViews": views, "uniqueVisitors": visitors, "sessions": sessions,
                "viewsPerSession": round(views / sessions, 2) if sessions else 0,
                "bounceRate": round(bounces * 100 / sessions, 2) if sessions else 0,
-               "avgSessionDuration": int(duration) if sessions else 0}
+               "avgSessionDuration": int(round(duration)) if sessions else 0}
     empty = (0, 0, 0)
     time_series = [dict(zip(("period", "pageViews", "uniqueVisitors", "sessions"), (b, *series.get(b, empty))))
                    for b in labels]
@@ -9287,7 +9289,9 @@ class SovriumWsgi:
         body = resp.body
         headers = [("X-Request-Id", rid), *SECURITY_HEADERS,
                    ("X-Sovrium-Schema-Version", str(self.app.schema_version))]
-        if environ.get("REQUEST_METHOD") != "OPTIONS" and environ.get("PATH_INFO") not in PUBLIC_CORS_PATHS:
+        if environ.get("PATH_INFO") in PUBLIC_CORS_PATHS:
+            headers.append(("Access-Control-Allow-Origin", "*"))
+        elif environ.get("REQUEST_METHOD") != "OPTIONS":
             headers += self.cors(environ)
         overrides = {k.lower() for k, _ in resp.headers}
         headers = [h for h in headers if h[0].lower() not in overrides] + resp.headers
