@@ -253,7 +253,7 @@ def test_collect_preflight_and_wrong_method(build):
     assert resp.status_int == 405
     allow = {m.strip() for m in resp.headers["Allow"].split(",")}
     assert allow == {"POST", "OPTIONS"}
-    resp = client.post(f"/api/analytics/overview", expect_errors=True)
+    resp = client.post("/api/analytics/overview", expect_errors=True)
     assert resp.status_int == 405
     assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD", "OPTIONS"}
 
@@ -994,9 +994,12 @@ def test_period_24h_buckets(seeded, clock):
 
 def test_too_many_intervals(seeded):
     app, client = seeded
-    # 2026-01-01T00 .. 2026-02-11T15:59:59 = 41 × 24 + 16 = 1000 hourly buckets: fine.
-    body = ok(report(client, "overview", "from=2026-01-01T00:00:00Z&to=2026-02-11T15:59:59Z&interval=hour"))
+    # 2026-01-01T00 .. 2026-02-11T15:59:59.999 = 41 × 24 + 16 = 1000 hourly buckets: fine. Explicit
+    # from/to are both inclusive (§1.10), so a `to` of exactly 16:00:00 intersects a 1001st bucket.
+    # (Only a period's end, "now", opens no bucket when on a boundary: §17.7.)
+    body = ok(report(client, "overview", "from=2026-01-01T00:00:00Z&to=2026-02-11T15:59:59.999Z&interval=hour"))
     assert len(body["timeSeries"]) == 1000
+    assert body["timeSeries"][-1]["period"] == "2026-02-11T15:00:00Z"
     for query in ("from=2026-01-01T00:00:00Z&to=2026-02-11T16:00:00Z&interval=hour",
                   "from=2026-01-01&to=2026-03-09&interval=hour", "period=90d&interval=hour",
                   "from=2020-01-01&to=2026-03-09&interval=day"):
@@ -1248,6 +1251,8 @@ def test_disabled_analytics_is_route_not_found(build, analytics, auth):
         check_error(resp, 404, ROUTE_NOT_FOUND)
     resp = client.head(SCRIPT, expect_errors=True)
     assert resp.status_int == 404
+    # OPTIONS is never 404 (§1.4, §1.12).
+    assert client.options(COLLECT, expect_errors=True).status_int == 204
     assert count(app) == 0
 
 
