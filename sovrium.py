@@ -22,7 +22,7 @@ Sections (``grep -n '^# [0-9].*####' sovrium.py``):
     5. Configuration loading       13. Accounts and sessions (/api/auth)
     6. Formula language            14. Analytics
     7. Configuration: validation,  15. Application and embedding API
-       normalization, schema model 16. HTTP layer (the only section that knows Bottle)
+       normalization, schema model 16. HTTP layer (the only section that knows the web framework)
     8. Storage                     17. Server and CLI
     9. Authentication
 """

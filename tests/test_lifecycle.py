@@ -1403,3 +1403,9 @@ def test_auth_anonymous_batch_on_open_table(actors):
     resp = actors.req("anon", "DELETE", "/api/tables/open/records/batch",
                       {"ids": [rec["id"]], "permanent": True})
     assert_error(resp, 401, "UNAUTHORIZED", AUTH)
+
+
+def test_batch_update_unknown_field_in_flat_item(client):
+    a = mk(client, title="a")
+    resp = patch(client, BATCH, {"records": [{"id": a["id"], "bogus": 1}]})
+    assert_400(resp, [err("records[0].bogus", "Unknown field 'bogus'")])
