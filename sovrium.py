@@ -4346,8 +4346,8 @@ class Database:
                 return self._fail(batch, translate_db_error(exc) or InternalError())
             finally:
                 conn.setbusytimeout(5000)
-            ok = []
-            for job in batch:
+            ok, retry = [], []
+            for index, job in enumerate(batch):
                 job.started.set()
                 txn = WriteTxn(conn, job.now or format_ts(self.clock()))
                 conn.execute("SAVEPOINT job; UPDATE write_context SET actor_id = ?, now = ?, request_id = ? "
@@ -4359,10 +4359,25 @@ class Database:
                     conn.execute("RELEASE job")
                     ok.append(job)
                 except BaseException as exc:  # the job's own failure: undo only its savepoint
-                    conn.execute("ROLLBACK TO job; RELEASE job")
-                    job.error = (translate_db_error(exc) or exc) if isinstance(exc, apsw.Error) else exc
+                    job.result = None
+                    job.error = (translate_db_error(exc) or InternalError()) if isinstance(exc, apsw.Error) else exc
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO job; RELEASE job")
+                    else:
+                        # SQLite rolled the whole transaction back (an interrupted statement can):
+                        # the other writes of this group never happened; run them again.
+                        retry = ok + batch[index + 1:]
+                        break
                 finally:
                     self._local.deadline = None
+            if retry:
+                for job in retry:
+                    job.result = job.error = None
+                with self._jobs_cv:
+                    self._jobs.extendleft(reversed(retry))
+                    self._jobs_cv.notify()
+                batch = [j for j in batch if j not in retry]
+                return
             try:
                 conn.execute("UPDATE write_context SET actor_id = NULL, now = NULL, request_id = NULL "
                              "WHERE id = 1; COMMIT")
@@ -4372,9 +4387,10 @@ class Database:
                     job.result, job.error = None, translate_db_error(exc) or InternalError()
         except BaseException as exc:
             self._rollback(self.conn())
+            error = (translate_db_error(exc) or InternalError()) if isinstance(exc, apsw.Error) else exc
             for job in batch:
                 if job.error is None:
-                    job.result, job.error = None, exc
+                    job.result, job.error = None, error
         finally:
             self.write_lock.release()
             for job in batch:
@@ -5298,9 +5314,14 @@ def load_session(conn, token, now):
     session, user = session_object(row[:10]), user_object(row[10:])
     if session["expiresAt"] <= now:
         return None
-    if user["banned"] and (user["banExpires"] is None or user["banExpires"] > now):
+    if is_banned(user, now):
         return None
     return session, user
+
+
+def is_banned(user, now):
+    """A ban in force (an expired ban is lifted on the next sign-in)."""
+    return user["banned"] and (user["banExpires"] is None or user["banExpires"] > now)
 
 
 def actor_of(schema, user):
@@ -7269,12 +7290,20 @@ def _redirect(ctx, value, field):
     """A redirect target: a relative path with one leading / or an absolute URL of a trusted origin."""
     if value is None:
         return None
-    if value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    bad = _auth_error(400, "INVALID_CALLBACK_URL", "Invalid redirect URL", field)
+    # Browsers and urlsplit drop tabs and newlines and read "\" as "/": "/\t/evil" would become
+    # "//evil", another site. Such characters are never part of a redirect target.
+    if re.search(r"[\x00-\x20\x7f\\]", value):
+        raise bad
+    parts = urllib.parse.urlsplit(value)
+    if not parts.scheme and not parts.netloc:
+        if value.startswith("/") and not value.startswith("//"):
+            return value
+        raise bad
+    if parts.scheme.lower() in ("http", "https") and parts.netloc and \
+            f"{parts.scheme}://{parts.netloc}".lower() in ctx.trusted_origins:
         return value
-    m = re.match(r"^(https?://[^/?#]+)", value, re.I)
-    if m and m.group(1).lower() in ctx.trusted_origins:
-        return value
-    raise _auth_error(400, "INVALID_CALLBACK_URL", "Invalid redirect URL", field)
+    raise bad
 
 
 def _with_query(url, **params):
@@ -7292,6 +7321,15 @@ def _password_hash(conn, user_id):
     rows = conn.execute("SELECT password FROM accounts WHERE user_id = ? AND provider_id = 'credential'",
                         (user_id,)).fetchall()
     return rows[0][0] if rows else None
+
+
+def _set_password(txn, user_id, hashed):
+    """Store a password hash in the user's credential account (created when missing)."""
+    txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND provider_id = 'credential'",
+                (hashed, txn.now, user_id))
+    if not txn.conn.changes():
+        txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, updated_at) "
+                    "VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), user_id, user_id, hashed, txn.now, txn.now))
 
 
 def _new_session(ctx, txn, user_id, seconds=None, impersonated_by=None):
@@ -7408,8 +7446,7 @@ def auth_sign_in(ctx, body):
         if limiter.active("signInAccount"):
             limiter.hit("signInAccount", email_addr)
         raise _auth_error(401, "INVALID_EMAIL_OR_PASSWORD", "Invalid email or password")
-    now = ctx.now
-    if user["banned"] and (user["banExpires"] is None or user["banExpires"] > now):
+    if is_banned(user, ctx.now):
         raise _auth_error(403, "BANNED_USER", "You have been banned from this application")
 
     def write(txn):
@@ -7581,12 +7618,7 @@ def auth_reset_password(ctx, body, params):
         if data is None:
             return False
         uid = data["userId"]
-        if txn.execute("SELECT 1 FROM accounts WHERE user_id = ? AND provider_id = 'credential'", (uid,)).fetchall():
-            txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND "
-                        "provider_id = 'credential'", (hashed, txn.now, uid))
-        else:
-            txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, "
-                        "updated_at) VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, hashed, txn.now, txn.now))
+        _set_password(txn, uid, hashed)
         txn.execute("DELETE FROM sessions WHERE user_id = ?", (uid,))
         return True
     if not ctx.transact(write):
@@ -7885,12 +7917,7 @@ def admin_set_user_password(ctx, body):
 
     def write(txn):
         _target(txn.conn, uid)
-        if txn.execute("SELECT 1 FROM accounts WHERE user_id = ? AND provider_id = 'credential'", (uid,)).fetchall():
-            txn.execute("UPDATE accounts SET password = ?, updated_at = ? WHERE user_id = ? AND "
-                        "provider_id = 'credential'", (hashed, txn.now, uid))
-        else:
-            txn.execute("INSERT INTO accounts (id, user_id, provider_id, account_id, password, created_at, "
-                        "updated_at) VALUES (?, ?, 'credential', ?, ?, ?, ?)", (new_id(), uid, uid, hashed, txn.now, txn.now))
+        _set_password(txn, uid, hashed)
     ctx.transact(write)
     return {"status": True}
 
@@ -7924,7 +7951,7 @@ def admin_stop_impersonating(ctx):
         raise field_error("session", "The admin session is no longer valid; sign in again")
     ctx.transact(lambda txn: txn.execute("DELETE FROM sessions WHERE id = ?", (ctx.session["id"],)))
     session, user = found
-    ctx.effects["session"] = (session["token"], ctx.schema.auth["session"]["expiresIn"])
+    _signed_in(ctx, session)
     ctx.effects["clear_admin"] = True
     return {"session": session, "user": user}
 
@@ -9094,7 +9121,7 @@ class SovriumWsgi:
         finally:
             with self._count_lock:
                 self.inflight -= 1
-            self.app.log("request", id=rid, method=method, path=path,
+            self.app.log("request", id=rid, method=method, path=_log_path(path),
                          status=resp.status if resp is not None else 500,
                          ms=round((time.perf_counter() - started) * 1000, 1),
                          ip=environ.get("REMOTE_ADDR"), user=req.actor.id if req else None)
@@ -9310,6 +9337,13 @@ class SovriumWsgi:
         if method == "HEAD":
             data = b""
         return resp.status, headers, data
+
+
+def _log_path(path):
+    """The path as logged: one-time tokens in paths never reach the log (OPERATIONS.md §6)."""
+    if path.startswith("/api/auth/reset-password/"):
+        return "/api/auth/reset-password/[redacted]"
+    return path
 
 
 def make_cookie(name, value, max_age, secure):

@@ -1702,3 +1702,22 @@ def test_sliding_expiry_on_any_authenticated_request(app, client, clock):
     check_session_cookie(resp, token)
     assert db_rows(app, "SELECT expires_at FROM sessions WHERE token = ?", (token,)) == [
         (ts(now + timedelta(days=7)),)]
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/\\evil.example", "//evil.example",
+                                    "https://evil.example/x", "javascript:alert(1)", "evil.example"])
+def test_redirect_targets_cannot_leave_the_site(client, target):
+    resp = client.get("/api/auth/reset-password/" + "a" * 32, {"callbackURL": target}, expect_errors=True)
+    assert resp.status_int == 400 and resp.json["error"] == "INVALID_CALLBACK_URL"
+    resp = client.post_json("/api/auth/sign-up/email", {"name": "A", "email": "a@example.com",
+                                                        "password": "long-password", "callbackURL": target},
+                            expect_errors=True)
+    assert resp.status_int == 400 and resp.json["error"] == "INVALID_CALLBACK_URL"
+
+
+def test_reset_tokens_in_paths_are_not_logged(client, caplog):
+    with caplog.at_level("INFO", logger="sovrium"):
+        client.get("/api/auth/reset-password/" + "b" * 32, {"callbackURL": "/done"})
+    lines = [r.getMessage() for r in caplog.records if " request " in r.getMessage()]
+    assert lines and all("b" * 32 not in line for line in lines)
+    assert "path=/api/auth/reset-password/[redacted]" in lines[-1]

@@ -311,3 +311,46 @@ def test_a_crashing_write_fails_alone(make_app, config, monkeypatch):
     assert "disk on fire" not in r.text
     assert client.post_json("/api/tables/tasks/records", {"title": "fine"}).status_int == 201
     assert app.table("tasks").count() == 1
+
+
+def test_a_write_that_times_out_fails_alone_in_its_group(tmp_path):
+    """An interrupted write can make SQLite roll back the whole shared transaction: the other writes
+    of the group run again, and only the slow one fails, with 503."""
+    import datetime
+    import threading
+    db = sovrium.Database(str(tmp_path / "g.db"), lambda: datetime.datetime.now(datetime.timezone.utc))
+    db.conn().execute("CREATE TABLE t(x)")
+    gate, results = threading.Event(), {}
+
+    def blocker(txn):       # holds the writer so the next three jobs form one group
+        gate.wait(5)
+        return "blocker"
+
+    def insert(value):
+        return lambda txn: txn.execute("INSERT INTO t VALUES (?)", (value,)) and value
+
+    def slow(txn):
+        txn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 5000000) "
+                    "INSERT INTO t SELECT i FROM n")
+
+    def run(name, fn, timeout=None):
+        try:
+            results[name] = ("ok", db.submit(fn, timeout_ms=timeout))
+        except Exception as exc:
+            results[name] = ("error", type(exc).__name__, str(exc))
+
+    threads = [threading.Thread(target=run, args=("blocker", blocker))]
+    threads[0].start()
+    __import__("time").sleep(0.2)
+    for name, fn, timeout in (("good", insert("good"), None), ("slow", slow, 50), ("after", insert("after"), None)):
+        threads.append(threading.Thread(target=run, args=(name, fn, timeout)))
+        threads[-1].start()
+        __import__("time").sleep(0.05)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert results["slow"] == ("error", "ServiceUnavailableError", "The query took too long")
+    assert results["good"] == ("ok", "good") and results["after"] == ("ok", "after")
+    with db.read() as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT x FROM t")) == ["after", "good"]
+    db.close()
