@@ -281,6 +281,12 @@ CREATE INDEX IF NOT EXISTS analytics_events_by_ts ON analytics_events (ts);
 CREATE INDEX IF NOT EXISTS analytics_events_by_visitor ON analytics_events (visitor, id);
 CREATE INDEX IF NOT EXISTS analytics_events_by_session ON analytics_events (session, ts);
 
+-- Per-day report aggregates of final days (computed on first use; see the analytics section).
+CREATE TABLE IF NOT EXISTS analytics_rollups (
+  day     TEXT PRIMARY KEY,
+  payload TEXT NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS analytics_salts (
   day  TEXT PRIMARY KEY,
   salt TEXT NOT NULL

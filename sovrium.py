@@ -8226,90 +8226,174 @@ def _range_echo(start, end, interval=None):
     return out
 
 
+# Reports over long ranges read per-day rollups. Visitor hashes change every UTC day, so unique
+# visitors (like page views and entrances) simply add up across days. A whole day is rolled up
+# once it is final (a full day later, when no session that started on it can still grow) and
+# cached in analytics_rollups; partial and recent days are read from the events.
+SESSION_STATS_SQL = (
+    "SELECT count(*), coalesce(sum(n = 1), 0), coalesce(sum(ms), 0) FROM (SELECT "
+    "(SELECT count(*) FROM analytics_events x WHERE x.session = e.session) AS n, "
+    "(SELECT round((julianday(max(x.ts)) - julianday(min(x.ts))) * 86400000) FROM analytics_events x "
+    "WHERE x.session = e.session) AS ms FROM analytics_events e WHERE e.is_entrance = 1 AND e.ts >= ? AND e.ts <= ?)")
+UTM_PRESENT = "(" + " OR ".join(f"{c} IS NOT NULL" for _, c in UTM_MEMBERS) + ")"
+ONE_DAY = datetime.timedelta(days=1)
+LAST_MS = datetime.timedelta(days=1, milliseconds=-1)
+
+
+ROLLUP_PARTS = ("summary", "pages", "referrers", "campaigns", "devices")
+
+
+def _period_stats(ctx, conn, lo, hi, kinds=ROLLUP_PARTS):
+    """What the reports need about the events with lo <= ts <= hi (at most one UTC day); only `kinds`."""
+    def q(sql):
+        ctx.next_query()
+        return [list(r) for r in conn.execute(sql, (lo, hi))]
+    where = "FROM analytics_events WHERE ts >= ? AND ts <= ?"
+    grouped = lambda cols, extra="": q(f"SELECT {cols}, count(*), count(DISTINCT visitor) {where} {extra} "
+                                       f"GROUP BY {cols}")
+    out = {}
+    if "summary" in kinds or "devices" in kinds:
+        (out["views"], out["visitors"]), = q(f"SELECT count(*), count(DISTINCT visitor) {where}")
+    if "summary" in kinds:
+        (out["sessions"], out["bounces"], out["ms"]), = q(SESSION_STATS_SQL)
+    if "pages" in kinds:
+        out["pages"] = grouped("path")
+    if "referrers" in kinds:
+        out["referrers"] = grouped("referrer_domain")
+    if "campaigns" in kinds:
+        out["campaigns"] = grouped("utm_source, utm_medium, utm_campaign", "AND " + UTM_PRESENT)
+    if "devices" in kinds:
+        for key, column in (("devices", "device"), ("browsers", "browser"), ("os", "os")):
+            out[key] = q(f"SELECT {column}, count(*) {where} GROUP BY {column}")
+    return out
+
+
+def _day_is_final(ctx, conn, day, now):
+    """True when no session that started on `day` can still grow: the next day has begun, the
+    session timeout has passed since, and none of that day's sessions saw an event since then."""
+    timeout = datetime.timedelta(minutes=ctx.schema.analytics["sessionTimeoutMinutes"])
+    if now < day + ONE_DAY + timeout:
+        return False
+    ctx.next_query()
+    return not conn.execute(
+        "SELECT 1 FROM analytics_events x WHERE x.ts > ? AND x.session IN (SELECT session FROM analytics_events "
+        "WHERE is_entrance = 1 AND ts >= ? AND ts <= ?) LIMIT 1",
+        (format_ts(now - timeout), format_ts(day), format_ts(day + LAST_MS))).fetchall()
+
+
+def _range_parts(ctx, start, end, kinds=ROLLUP_PARTS):
+    """[(day, stats)] covering [start, end]: cached rollups of final whole days, events for the rest."""
+    now = ctx.app.clock()
+    parts, fresh = [], []
+    day = datetime.datetime.combine(start.date(), datetime.time(), tzinfo=datetime.timezone.utc)
+    with ctx.read() as conn:
+        while day <= end:
+            lo, hi = max(start, day), min(end, day + LAST_MS)
+            whole = lo == day and hi == day + LAST_MS
+            key = day.strftime("%Y-%m-%d")
+            stats = None
+            if whole:
+                ctx.next_query()
+                row = conn.execute("SELECT payload FROM analytics_rollups WHERE day = ?", (key,)).fetchall()
+                stats = json.loads(row[0][0]) if row else None
+            if stats is None and whole and _day_is_final(ctx, conn, day, now):
+                stats = _period_stats(ctx, conn, format_ts(lo), format_ts(hi))
+                fresh.append((key, dumps(stats)))
+            elif stats is None:
+                stats = _period_stats(ctx, conn, format_ts(lo), format_ts(hi), kinds)
+            parts.append((key, stats))
+            day += ONE_DAY
+    if fresh:
+        ctx.transact(lambda txn: [txn.execute("INSERT OR IGNORE INTO analytics_rollups (day, payload) VALUES (?, ?)",
+                                              item) for item in fresh])
+    return parts
+
+
+def _merged(parts, key, width):
+    """Rows of `key` summed over the parts: {(k1..kwidth): [views, visitors]}."""
+    acc = {}
+    for _, stats in parts:
+        for row in stats[key]:
+            totals = acc.setdefault(tuple(row[:width]), [0] * (len(row) - width))
+            for n, value in enumerate(row[width:]):
+                totals[n] += value
+    return acc
+
+
+def _ranked(acc):
+    """Most viewed first; ties by the keys, ascending, empty keys last (clarification 7)."""
+    return sorted(acc.items(), key=lambda kv: (-kv[1][0], *[(k is None, k or "") for k in kv[0]]))
+
+
 def analytics_overview(ctx, params):
     """GET /api/analytics/overview."""
     _require_analytics_admin(ctx)
     start, end, interval, labels = analytics_range(ctx, params, True)
-    lo, hi = format_ts(start), format_ts(end)
-    with ctx.read() as conn:
-        views, visitors = conn.execute("SELECT count(*), count(DISTINCT visitor) FROM analytics_events "
-                                       "WHERE ts >= ? AND ts <= ?", (lo, hi)).fetchall()[0]
-        ctx.next_query()
-        sessions, bounces, duration = conn.execute(
-            "SELECT count(*), coalesce(sum(n = 1), 0), coalesce(avg(secs), 0) FROM (SELECT e.session, "
-            "(SELECT count(*) FROM analytics_events x WHERE x.session = e.session) AS n, "
-            "(SELECT round((julianday(max(x.ts)) - julianday(min(x.ts))) * 86400000) / 1000.0 FROM analytics_events x "
-            "WHERE x.session = e.session) AS secs FROM analytics_events e WHERE e.is_entrance = 1 AND e.ts >= ? "
-            "AND e.ts <= ?)", (lo, hi)).fetchall()[0]
-        ctx.next_query()
-        series = {row[0]: row[1:] for row in conn.execute(
-            f"SELECT {BUCKET_SQL[interval]} AS b, count(*), count(DISTINCT visitor), coalesce(sum(is_entrance), 0) "
-            f"FROM analytics_events WHERE ts >= ? AND ts <= ? GROUP BY b", (lo, hi))}
+    parts = _range_parts(ctx, start, end, ("summary",))
+    total = lambda k: sum(stats[k] for _, stats in parts)
+    views, visitors, sessions = total("views"), total("visitors"), total("sessions")
     summary = {"pageViews": views, "uniqueVisitors": visitors, "sessions": sessions,
                "viewsPerSession": round(views / sessions, 2) if sessions else 0,
-               "bounceRate": round(bounces * 100 / sessions, 2) if sessions else 0,
-               "avgSessionDuration": int(round(duration)) if sessions else 0}
+               "bounceRate": round(total("bounces") * 100 / sessions, 2) if sessions else 0,
+               "avgSessionDuration": int(round(total("ms") / sessions / 1000)) if sessions else 0}
+    if interval == "hour":
+        with ctx.read() as conn:
+            series = {row[0]: row[1:] for row in conn.execute(
+                f"SELECT {BUCKET_SQL[interval]} AS b, count(*), count(DISTINCT visitor), "
+                f"coalesce(sum(is_entrance), 0) FROM analytics_events WHERE ts >= ? AND ts <= ? GROUP BY b",
+                (format_ts(start), format_ts(end)))}
+    else:
+        series = {}
+        for day, stats in parts:
+            label = day if interval == "day" else day[:7]
+            old = series.get(label, (0, 0, 0))
+            series[label] = (old[0] + stats["views"], old[1] + stats["visitors"], old[2] + stats["sessions"])
     empty = (0, 0, 0)
     time_series = [dict(zip(("period", "pageViews", "uniqueVisitors", "sessions"), (b, *series.get(b, empty))))
                    for b in labels]
     return {"summary": summary, "timeSeries": time_series, "range": _range_echo(start, end, interval)}
 
 
-def _grouped(ctx, params, columns, where_extra=""):
-    """Page views and unique visitors grouped by `columns`, most viewed first (nulls last on ties)."""
+def _report_rows(ctx, params, key, width):
     _require_analytics_admin(ctx)
     start, end, _, _ = analytics_range(ctx, params)
     limit = query_int(params, "limit", 1, 1000, 50)
-    lo, hi = format_ts(start), format_ts(end)
-    key = ", ".join(columns)
-    order = ", ".join(f"{c} IS NULL, {c}" for c in columns)
-    with ctx.read() as conn:
-        rows = conn.execute(f"SELECT {key}, count(*) AS views, count(DISTINCT visitor) FROM analytics_events "
-                            f"WHERE ts >= ? AND ts <= ? {where_extra} GROUP BY {key} ORDER BY views DESC, {order} "
-                            f"LIMIT ?", (lo, hi, limit)).fetchall()
-        ctx.next_query()
-        total = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM analytics_events WHERE ts >= ? AND ts <= ? "
-                             f"{where_extra} GROUP BY {key})", (lo, hi)).fetchall()[0][0]
-    return rows, total, _range_echo(start, end)
+    acc = _merged(_range_parts(ctx, start, end, (key,)), key, width)
+    return _ranked(acc)[:limit], len(acc), _range_echo(start, end)
 
 
 def analytics_pages(ctx, params):
     """GET /api/analytics/pages."""
-    rows, total, rng = _grouped(ctx, params, ["path"])
-    return {"pages": [{"path": p, "pageViews": v, "uniqueVisitors": u} for p, v, u in rows], "total": total,
-            "range": rng}
+    rows, total, rng = _report_rows(ctx, params, "pages", 1)
+    return {"pages": [{"path": k[0], "pageViews": v, "uniqueVisitors": u} for k, (v, u) in rows],
+            "total": total, "range": rng}
 
 
 def analytics_referrers(ctx, params):
     """GET /api/analytics/referrers (the null domain is direct and internal traffic)."""
-    rows, total, rng = _grouped(ctx, params, ["referrer_domain"])
-    return {"referrers": [{"domain": d, "pageViews": v, "uniqueVisitors": u} for d, v, u in rows],
+    rows, total, rng = _report_rows(ctx, params, "referrers", 1)
+    return {"referrers": [{"domain": k[0], "pageViews": v, "uniqueVisitors": u} for k, (v, u) in rows],
             "total": total, "range": rng}
 
 
 def analytics_campaigns(ctx, params):
     """GET /api/analytics/campaigns: events with at least one UTM value, by source, medium, campaign."""
-    extra = "AND (" + " OR ".join(f"{c} IS NOT NULL" for _, c in UTM_MEMBERS) + ")"
-    rows, total, rng = _grouped(ctx, params, ["utm_source", "utm_medium", "utm_campaign"], extra)
-    return {"campaigns": [{"source": s, "medium": m, "campaign": c, "pageViews": v, "uniqueVisitors": u}
-                          for s, m, c, v, u in rows], "total": total, "range": rng}
+    rows, total, rng = _report_rows(ctx, params, "campaigns", 3)
+    return {"campaigns": [{"source": k[0], "medium": k[1], "campaign": k[2], "pageViews": v, "uniqueVisitors": u}
+                          for k, (v, u) in rows], "total": total, "range": rng}
 
 
 def analytics_devices(ctx, params):
     """GET /api/analytics/devices: page views by device type, browser and operating system."""
     _require_analytics_admin(ctx)
     start, end, _, _ = analytics_range(ctx, params)
-    lo, hi = format_ts(start), format_ts(end)
+    parts = _range_parts(ctx, start, end, ("devices",))
+    views = sum(stats["views"] for _, stats in parts)
     out = {}
-    with ctx.read() as conn:
-        total = conn.execute("SELECT count(*) FROM analytics_events WHERE ts >= ? AND ts <= ?",
-                             (lo, hi)).fetchall()[0][0]
-        for key, column in (("deviceTypes", "device"), ("browsers", "browser"), ("operatingSystems", "os")):
-            ctx.next_query()
-            rows = conn.execute(f"SELECT {column}, count(*) AS n FROM analytics_events WHERE ts >= ? AND ts <= ? "
-                                f"GROUP BY {column} ORDER BY n DESC, {column}", (lo, hi)).fetchall()
-            out[key] = [{"name": name, "count": n, "percentage": round(n * 100 / total, 2) if total else 0}
-                        for name, n in rows]
+    for name, key in (("deviceTypes", "devices"), ("browsers", "browsers"), ("operatingSystems", "os")):
+        acc = _merged(parts, key, 1)
+        out[name] = [{"name": k[0], "count": n[0], "percentage": round(n[0] * 100 / views, 2) if views else 0}
+                     for k, n in sorted(acc.items(), key=lambda kv: (-kv[1][0], kv[0][0] or ""))]
     out["range"] = _range_echo(start, end)
     return out
 
@@ -8610,9 +8694,14 @@ class App:
                                 f"ts < ? ORDER BY ts LIMIT {HOUSEKEEPING_BATCH})", (cutoff,))
                     n = txn.conn.changes()
                     txn.execute("DELETE FROM analytics_salts WHERE day < ?", (now[:10],))
+                    txn.execute("DELETE FROM analytics_rollups WHERE day <= ?", (cutoff[:10],))
                 counts["analytics"] += n
                 if n < HOUSEKEEPING_BATCH:
                     break
+        if analytics["enabled"]:
+            # Roll up final days ahead of time, so no report request has to (bounded by retention).
+            days = min(analytics["retentionDays"], 400)
+            _range_parts(Ctx(self, SYSTEM), now_dt - datetime.timedelta(days=days), now_dt - ONE_DAY)
         with contextlib.suppress(apsw.Error):
             self.db.conn().execute("PRAGMA optimize")
         self.log("retention", **counts)
