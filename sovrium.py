@@ -2642,8 +2642,6 @@ def _field_option(ck, raw, key, rule, path, out):
     if kind == "num":
         lo = rule[1]
         v = ck.number(raw[key], path, lo) if present else None
-        if key == "min" and out.get("max") is None and "max" in raw:
-            pass
         return (lo if key == "min" and lo is not None else None) if v is None else v
     if kind in ("str", "code3"):
         if not present:
@@ -4810,7 +4808,7 @@ def _plan_field(plan, conn, t, f, of, reg, count):
         plan.autonumbers.append((tid, f))
         return
     if not f.stored:
-        if old_type in TYPE_OPTIONS and TYPE_OPTIONS and _stored_type(old_type, old_conf):
+        if old_type in TYPE_OPTIONS and _stored_type(old_type, old_conf):
             n = count(f"SELECT count(*) FROM records WHERE {where}")
             if n:
                 plan.warnings.append({"path": path, "message": f"Changing '{f.name}' from {old_type} to "
@@ -5303,11 +5301,14 @@ def credential(environ, cookies, secret):
     return None, None
 
 
+SESSION_LOOKUP_SQL = (f"SELECT {', '.join('s.' + c.strip() for c in SESSION_COLUMNS.split(','))}, "
+                      f"{', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))} "
+                      f"FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token = ?")
+
+
 def load_session(conn, token, now):
     """(session dict, user dict) of a live session token, or None (expired, banned, unknown)."""
-    rows = conn.execute(f"SELECT {', '.join('s.' + c.strip() for c in SESSION_COLUMNS.split(','))}, "
-                        f"{', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))} "
-                        f"FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token = ?", (token,)).fetchall()
+    rows = conn.execute(SESSION_LOOKUP_SQL, (token,)).fetchall()
     if not rows:
         return None
     row = rows[0]
@@ -6945,7 +6946,7 @@ def comment_object(row):
 
 
 def _comment_record(ctx, conn, table, record_id, writing):
-    """The record a comment call is about: readable, and live for writes (409 when trashed)."""
+    """(id, trashed) of the record a comment call is about: readable, and live for writes (409)."""
     rid = _path_id(record_id)
     _, meta = _load_stored(conn, ctx, table, rid, deleted=None)
     if meta["deleted_at"] is not None:
@@ -6953,7 +6954,18 @@ def _comment_record(ctx, conn, table, record_id, writing):
             raise NotFoundError()
         if writing:
             raise ConflictError("Record is in the trash")
-    return rid
+    return rid, meta["deleted_at"] is not None
+
+
+def _comment_to_change(ctx, txn, table, record_id, comment_id, override):
+    """(record id, comment) for an edit or delete: the author (or `override`) on a live record."""
+    rid, trashed = _comment_record(ctx, txn.conn, table, record_id, False)
+    comment = _comment(txn.conn, rid, comment_id)
+    if not override and (ctx.actor.anonymous or comment["userId"] != ctx.actor.id):
+        raise deny(ctx.actor)
+    if trashed:
+        raise ConflictError("Record is in the trash")
+    return rid, comment
 
 
 def _content(body):
@@ -6975,7 +6987,7 @@ def comments_list(ctx, table_ref, record_id, params):
     if order not in ("asc", "desc"):
         raise field_error("sortOrder", "Parameter 'sortOrder' must be asc or desc")
     with ctx.read() as conn:
-        rid = _comment_record(ctx, conn, table, record_id, False)
+        rid, _ = _comment_record(ctx, conn, table, record_id, False)
         rows = conn.execute(f"{COMMENT_SQL} WHERE c.record_id = ? AND c.deleted_at IS NULL ORDER BY c.id {order} "
                             f"LIMIT ? OFFSET ?", (rid, limit, offset)).fetchall()
         total = conn.execute("SELECT count(*) FROM comments WHERE record_id = ? AND deleted_at IS NULL",
@@ -6993,7 +7005,7 @@ def comments_create(ctx, table_ref, record_id, body):
         raise field_error("parentCommentId", "Parent comment not found")
 
     def write(txn):
-        rid = _comment_record(ctx, txn.conn, table, record_id, True)
+        rid, _ = _comment_record(ctx, txn.conn, table, record_id, True)
         if parent is not None and not txn.execute("SELECT 1 FROM comments WHERE id = ? AND record_id = ? AND "
                                                   "deleted_at IS NULL", (int(parent), rid)).fetchall():
             raise field_error("parentCommentId", "Parent comment not found")
@@ -7018,7 +7030,7 @@ def _comment(conn, rid, comment_id):
 def comments_get(ctx, table_ref, record_id, comment_id):
     table = require_table(ctx.actor, ctx.schema, table_ref)
     with ctx.read() as conn:
-        return _comment(conn, _comment_record(ctx, conn, table, record_id, False), comment_id)
+        return _comment(conn, _comment_record(ctx, conn, table, record_id, False)[0], comment_id)
 
 
 def comments_update(ctx, table_ref, record_id, comment_id, body):
@@ -7027,13 +7039,7 @@ def comments_update(ctx, table_ref, record_id, comment_id, body):
     content = _content(body)
 
     def write(txn):
-        rid = _comment_record(ctx, txn.conn, table, record_id, False)
-        comment = _comment(txn.conn, rid, comment_id)
-        deleted = txn.execute("SELECT deleted_at FROM records WHERE id = ?", (rid,)).fetchall()[0][0]
-        if not ctx.actor.all_powerful and (ctx.actor.anonymous or comment["userId"] != ctx.actor.id):
-            raise deny(ctx.actor)
-        if deleted is not None:
-            raise ConflictError("Record is in the trash")
+        rid, comment = _comment_to_change(ctx, txn, table, record_id, comment_id, ctx.actor.all_powerful)
         txn.execute("UPDATE comments SET content = ?, updated_at = ? WHERE id = ?", (content, txn.now, comment["id"]))
         return _comment(txn.conn, rid, comment["id"])
     return ctx.transact(write)
@@ -7044,13 +7050,7 @@ def comments_delete(ctx, table_ref, record_id, comment_id):
     table = require_table(ctx.actor, ctx.schema, table_ref)
 
     def write(txn):
-        rid = _comment_record(ctx, txn.conn, table, record_id, False)
-        comment = _comment(txn.conn, rid, comment_id)
-        deleted = txn.execute("SELECT deleted_at FROM records WHERE id = ?", (rid,)).fetchall()[0][0]
-        if not ctx.actor.is_admin and (ctx.actor.anonymous or comment["userId"] != ctx.actor.id):
-            raise deny(ctx.actor)
-        if deleted is not None:
-            raise ConflictError("Record is in the trash")
+        _, comment = _comment_to_change(ctx, txn, table, record_id, comment_id, ctx.actor.is_admin)
         txn.execute("UPDATE comments SET deleted_at = ? WHERE id = ?", (txn.now, comment["id"]))
     ctx.transact(write)
 
